@@ -1,0 +1,1 @@
+"""Per-role measurements (memory, FLOPs), computed the same way by every engine so they compare."""
