@@ -1,0 +1,419 @@
+"""Run configuration: one tree of frozen dataclasses, the only place defaults live.
+
+Field names are the TOML keys and the dotted override paths (`zo.mu=1e-3`). Every field carries a
+`help` string; `heronsfl validate` and `load_config` collect *all* problems into one ConfigError
+before a single tensor is allocated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from heronsfl.errors import ConfigError
+
+WireDtype = Literal["fp32", "fp16", "bf16"]
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local schedule of one round (paper symbols h and k)."""
+
+    local_steps: int = _f(50, "h: local steps (mini-batches) each client runs per round")
+    upload_every: int = _f(
+        1, "k: a decoupled client uploads activations every k-th local step (k <= h)"
+    )
+    batch_size: int = _f(256, "client mini-batch size (the paper uses 256 on CIFAR-10)")
+    server_order: Literal["round-robin", "client-by-client"] = _f(
+        "round-robin",
+        "order in which the main server consumes uploads: interleaved across clients, "
+        "or all of one client's uploads before the next client's",
+    )
+    aggregation: Literal["uniform", "data-size"] = _f(
+        "uniform", "Fed-Server weights: 1/N (paper Eq. 8) or proportional to client data size"
+    )
+    eval_every: int = _f(1, "evaluate on the test set every this many rounds (and the last)")
+    eval_batch_size: int = _f(1000, "batch size for evaluation forwards")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """An optimizer for one role. ZO clients feed it the gradient estimate g*u."""
+
+    name: Literal["adam", "sgd"] = _f(
+        "adam", "adam (paper) or sgd; for a ZO client, sgd is the in-place MeZO update"
+    )
+    lr: float = _f(1e-4, "learning rate (paper: Adam 1e-4 on both sides)")
+    momentum: float = _f(0.0, "SGD momentum (FO clients and the server only)")
+    weight_decay: float = _f(0.0, "L2 weight decay")
+
+
+@dataclass(frozen=True)
+class ZOConfig:
+    """Zeroth-order estimator of a ZO client (HERON-SFL paper Eq. 2; MeZO)."""
+
+    mu: float = _f(1e-3, "mu: perturbation scale of the finite difference")
+    num_probes: int = _f(1, "q: random directions per step, averaged")
+    estimator: Literal["one-sided", "central"] = _f(
+        "one-sided",
+        "one-sided (L(θ+μu)-L(θ))/μ: q+1 forwards (paper Eq. 2); "
+        "central (L(θ+μu)-L(θ-μu))/2μ: 2q forwards (MeZO)",
+    )
+    distribution: Literal["gaussian", "sphere"] = _f(
+        "gaussian", "u ~ N(0, I), or uniform on the sphere of radius sqrt(d) (E[uu^T] = I for both)"
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the network is cut and what the client's auxiliary head looks like."""
+
+    cut: str = _f("", "named cut point (see `heronsfl ls`); empty = the task's paper split")
+    aux: Literal["linear", "conv"] = _f(
+        "linear", "aux head after the cut: Flatten+Linear (paper), or a small conv head"
+    )
+    width: int = _f(0, "base channel width; 0 = the task's standard width (64 for ResNet-18)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where data comes from and how it is split across clients."""
+
+    root: str = _f("data", "directory holding the dataset (e.g. ../shared/data)")
+    download: bool = _f(False, "download the official files into root when they are missing")
+    cache_dir: str = _f("", "where decoded images are cached; empty = ROOT/.heronsfl-cache")
+    partition: str = _f("iid", "how training data is split across clients (see `heronsfl ls`)")
+    augment: bool = _f(True, "random crop + horizontal flip on image tasks that use it")
+    train_subset: int = _f(0, "use only the first N shuffled training samples (0 = all)")
+    test_subset: int = _f(0, "evaluate on only the first N test samples (0 = all)")
+    synthetic: int = _f(
+        0, "N > 0 replaces the dataset by N random samples of its shape: for plumbing and costs"
+    )
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    """What crosses the network, and at which precision it is counted and sent."""
+
+    wire_dtype: WireDtype = _f(
+        "fp16", "precision of every float payload (activations, gradients, models); paper: FP16"
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment."""
+
+    algorithm: str = _f("heron-sfl", "algorithm (see `heronsfl ls`)")
+    task: str = _f("resnet18-cifar10", "model + dataset (see `heronsfl ls`)")
+    rounds: int = _f(30, "communication rounds")
+    clients: int = _f(5, "number of clients (all take part in every round)")
+    seed: int = _f(0, "root of every random stream (init, data order, partition, ZO probes)")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
+    deterministic: bool = _f(False, "torch.use_deterministic_algorithms(True)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    client_optim: OptimConfig = field(default_factory=OptimConfig)
+    server_optim: OptimConfig = field(default_factory=OptimConfig)
+    zo: ZOConfig = field(default_factory=ZOConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _cast(value: Any, typ: Any, path: str) -> Any:
+    """Cast a TOML or command-line value to the field's type; raise ValueError with the fix."""
+    origin = get_origin(typ)
+    if origin is Literal:
+        allowed = get_args(typ)
+        if value not in allowed:
+            raise ValueError(
+                f"{path} = {value!r} is not one of {', '.join(repr(a) for a in allowed)}"
+            )
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{path} = {value!r} must be true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{path} = {value!r} must be an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{path} = {value!r} must be an integer")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{path} = {value!r} must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path} = {value!r} must be a number") from None
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{path} = {value!r} must be a string (quote it in TOML)")
+    raise TypeError(f"unsupported config type {typ!r} at {path}")  # internal: a new field type
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            problems.append(f"unknown config key {path!r}{_suggest(key, names)}")
+            continue
+        typ = hints[key]
+        if is_dataclass(typ):
+            if not isinstance(value, dict):
+                problems.append(f"{path} must be a table ([{path}]), got {value!r}")
+                continue
+            kwargs[key] = _build(typ, value, f"{path}.", problems)
+            continue
+        try:
+            kwargs[key] = _cast(value, typ, path)
+        except ValueError as e:
+            problems.append(str(e))
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build a RunConfig from a nested dict (a parsed TOML file), then validate it."""
+    problems: list[str] = []
+    cfg = _build(RunConfig, data, "", problems)
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return typing.cast(RunConfig, cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], str]:
+    """`a.b=value` -> (["a", "b"], "value")."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. rounds=2 or zo.mu=1e-3")
+    key, value = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return path, value.strip()
+
+
+def _merge_override(data: dict[str, Any], path: list[str], value: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    # Strings from the command line are cast by _build to the field's type.
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """Read a TOML file (or a preset name, see `presets()`), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_config_path(path)
+        try:
+            with open(file, "rb") as fh:
+                data = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{file}: invalid TOML ({e}); fix the file's syntax") from None
+    for text in overrides:
+        _merge_override(data, *parse_override(text))
+    return config_from_dict(data)
+
+
+def presets_dir() -> Path:
+    return Path(__file__).parent / "configs"
+
+
+def presets() -> dict[str, Path]:
+    """Shipped presets by name (file stem), e.g. 'heron_sfl_resnet18_cifar10'."""
+    return {p.stem: p for p in sorted(presets_dir().glob("*.toml"))}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    file = Path(path)
+    if file.is_file():
+        return file
+    known = presets()
+    if str(path) in known:
+        return known[str(path)]
+    hint = _suggest(str(path), list(known)) if known else ""
+    raise ConfigError(f"config file {str(path)!r} not found (nor a preset of that name){hint}")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Every problem with `cfg`, as one line each naming the key and the fix."""
+    # Imported here: the registries import models and algorithms, which import this module.
+    from heronsfl.algorithms import ALGORITHMS
+    from heronsfl.data.partition import PARTITIONERS
+    from heronsfl.tasks import TASKS
+
+    p: list[str] = []
+    t = cfg.train
+
+    def positive(path: str, value: float) -> None:
+        if not (value > 0 and math.isfinite(value)):
+            p.append(f"{path} = {value} must be > 0")
+
+    if cfg.algorithm not in ALGORITHMS:
+        p.append(
+            f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}"
+        )
+    if cfg.task not in TASKS:
+        p.append(f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}")
+    elif cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:
+        p.append(
+            f"model.cut = {cfg.model.cut!r} does not exist in task {cfg.task!r}; "
+            f"choose one of: {', '.join(TASKS[cfg.task].cuts)}"
+        )
+    if cfg.data.partition not in PARTITIONERS:
+        p.append(
+            f"unknown data.partition {cfg.data.partition!r}; "
+            f"known: {', '.join(sorted(PARTITIONERS))}"
+        )
+    for path, value in [
+        ("rounds", cfg.rounds),
+        ("clients", cfg.clients),
+        ("train.local_steps", t.local_steps),
+        ("train.upload_every", t.upload_every),
+        ("train.batch_size", t.batch_size),
+        ("train.eval_every", t.eval_every),
+        ("train.eval_batch_size", t.eval_batch_size),
+        ("zo.num_probes", cfg.zo.num_probes),
+        ("zo.mu", cfg.zo.mu),
+        ("client_optim.lr", cfg.client_optim.lr),
+        ("server_optim.lr", cfg.server_optim.lr),
+    ]:
+        positive(path, value)
+    if t.upload_every > t.local_steps > 0:
+        p.append(
+            f"train.upload_every (k = {t.upload_every}) > train.local_steps (h = {t.local_steps}): "
+            "a client would never upload; set k <= h"
+        )
+    for path, value in [
+        ("seed", cfg.seed),
+        ("data.train_subset", cfg.data.train_subset),
+        ("data.test_subset", cfg.data.test_subset),
+        ("data.synthetic", cfg.data.synthetic),
+        ("model.width", cfg.model.width),
+        ("client_optim.momentum", cfg.client_optim.momentum),
+        ("server_optim.momentum", cfg.server_optim.momentum),
+        ("client_optim.weight_decay", cfg.client_optim.weight_decay),
+        ("server_optim.weight_decay", cfg.server_optim.weight_decay),
+    ]:
+        if value < 0:
+            p.append(f"{path} = {value} must be >= 0")
+    return p
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else f"{'-' if v < 0 else ''}inf")
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {v!r} to TOML")  # internal: config fields are scalars
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The fully resolved config as TOML, with each field's help as a comment."""
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            tables.append((f.name, value))
+        else:
+            lines.append(f"{f.name} = {_toml_value(value)}  # {f.metadata.get('help', '')}")
+    for name, table in tables:
+        lines.append(f"\n[{name}]")
+        for f in fields(table):
+            help_text = f.metadata.get("help", "")
+            lines.append(f"{f.name} = {_toml_value(getattr(table, f.name))}  # {help_text}")
+    return "\n".join(lines) + "\n"
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply dotted overrides to an existing config (used by the demo and bench)."""
+    data = to_dict(cfg)
+    for text in overrides:
+        _merge_override(data, *parse_override(text))
+    return config_from_dict(data)
+
+
+def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field: `heronsfl ls --keys`."""
+    rows: list[tuple[str, str, str]] = []
+    hints = _hints(cls)
+    inst = cls()
+    for f in fields(cls):
+        value = getattr(inst, f.name)
+        if is_dataclass(hints[f.name]):
+            rows += describe_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", _toml_value(value), f.metadata.get("help", "")))
+    return rows
+
+
+__all__ = [
+    "CommConfig",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "ZOConfig",
+    "config_from_dict",
+    "load_config",
+    "replace",
+    "to_toml",
+    "validate",
+    "with_overrides",
+]
