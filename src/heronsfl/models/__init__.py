@@ -1,0 +1,1 @@
+"""Networks expressed as named stages, so any stage boundary can be the cut."""

@@ -1,0 +1,54 @@
+"""CIFAR-style ResNet-18 (He et al. 2016): 3x3 stem, stride 1, no max-pool; 11.17M parameters.
+
+Written as a list of named stages (`stem`, `layer1.0` ... `layer4.1`, `head`) so the cut can be
+placed after the stem or after any BasicBlock. No torchvision.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm and a (projected when shape changes) identity shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def resnet18_stages(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> OrderedDict[str, nn.Module]:
+    """Named stages of ResNet-18; stage names are the allowed cut points (all but the head)."""
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    stages["stem"] = nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+    )
+    c_in = width
+    for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
+        c_out = width * mult
+        stages[f"layer{i}.0"] = BasicBlock(c_in, c_out, stride)
+        stages[f"layer{i}.1"] = BasicBlock(c_out, c_out, 1)
+        c_in = c_out
+    stages["head"] = nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+    )
+    return stages
+
+
+RESNET18_CUTS = ("stem",) + tuple(f"layer{i}.{j}" for i in range(1, 5) for j in range(2))

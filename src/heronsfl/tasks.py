@@ -1,0 +1,151 @@
+"""Tasks: a network (as named stages) plus its dataset, preprocessing and paper split.
+
+A new task is one `Task(...)` entry in TASKS.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from heronsfl.config import RunConfig
+from heronsfl.data.datasets import (
+    CIFAR10_NORMALIZE,
+    DIGITS_NORMALIZE,
+    ArrayDataset,
+    Normalize,
+    augment_crop_flip,
+    load_cifar10,
+    load_digits,
+)
+from heronsfl.models.cnn import DIGITS_CUTS, digits_cnn_stages
+from heronsfl.models.resnet import RESNET18_CUTS, resnet18_stages
+from heronsfl.models.split import SplitModel, build_aux_head, split_stages
+from heronsfl.rng import derive_seed, generator
+
+Split = Literal["train", "test"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a workload needs: stages to cut, where the paper cuts, and how to get its data."""
+
+    name: str
+    description: str
+    stages: Callable[[int, int], OrderedDict[str, nn.Module]]  # (num_classes, width)
+    cuts: tuple[str, ...]
+    paper_cut: str
+    default_width: int
+    input_shape: tuple[int, ...]  # one sample, (C, H, W)
+    num_classes: int
+    load: Callable[[RunConfig, Split], ArrayDataset]
+    normalize: Normalize
+    augment: bool  # random crop + flip (natural images), off for digits
+
+    def preprocess(self, x: Tensor, train: bool, augment: bool, gen: torch.Generator | None) -> Tensor:
+        """uint8 batch -> normalized float batch, augmented when training."""
+        if train and augment and self.augment:
+            assert gen is not None, "augmentation needs the client's generator"
+            x = augment_crop_flip(x, gen)
+        return self.normalize(x)
+
+
+def _cache_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".heronsfl-cache"
+
+
+def _load_cifar10(cfg: RunConfig, split: Split) -> ArrayDataset:
+    return load_cifar10(cfg.data.root, split, download=cfg.data.download, cache_dir=_cache_dir(cfg))
+
+
+def _load_digits(cfg: RunConfig, split: Split) -> ArrayDataset:
+    return load_digits(split)
+
+
+TASKS: dict[str, Task] = {
+    "resnet18-cifar10": Task(
+        name="resnet18-cifar10",
+        description="CIFAR-style ResNet-18 from scratch on CIFAR-10 (paper split: after layer1.0)",
+        stages=lambda n, w: resnet18_stages(n, w),
+        cuts=RESNET18_CUTS,
+        paper_cut="layer1.0",
+        default_width=64,
+        input_shape=(3, 32, 32),
+        num_classes=10,
+        load=_load_cifar10,
+        normalize=CIFAR10_NORMALIZE,
+        augment=True,
+    ),
+    "cnn-digits": Task(
+        name="cnn-digits",
+        description="small CNN on scikit-learn's bundled 8x8 digits (offline, seconds per run)",
+        stages=lambda n, w: digits_cnn_stages(n, w),
+        cuts=DIGITS_CUTS,
+        paper_cut="block1",
+        default_width=16,
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        load=_load_digits,
+        normalize=DIGITS_NORMALIZE,
+        augment=False,
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+def build_split_model(cfg: RunConfig, with_aux: bool = True) -> SplitModel:
+    """The task's network cut at cfg.model.cut, initialised from the run seed.
+
+    Initialisation draws from a forked global RNG seeded from the seed tree, so building a model
+    never disturbs the caller's random state and the same seed always gives the same weights.
+    """
+    task = get_task(cfg.task)
+    cut = cfg.model.cut or task.paper_cut
+    width = cfg.model.width or task.default_width
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        client, server, cut_shape = split_stages(
+            task.stages(task.num_classes, width), cut, task.input_shape
+        )
+        aux = build_aux_head(cfg.model.aux, cut_shape, task.num_classes) if with_aux else None
+    return SplitModel(client=client, server=server, aux=aux, cut=cut, cut_shape=cut_shape)
+
+
+def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) for the task, honouring data.synthetic and the subset knobs."""
+    task = get_task(cfg.task)
+    if cfg.data.synthetic:
+        return _synthetic(task, cfg.data.synthetic, cfg.seed, "train"), _synthetic(
+            task, max(cfg.data.synthetic // 4, 1), cfg.seed, "test"
+        )
+    train, test = task.load(cfg, "train"), task.load(cfg, "test")
+    if cfg.data.train_subset:
+        train = _subset(train, cfg.data.train_subset, derive_seed(cfg.seed, "subset", "train"))
+    if cfg.data.test_subset:
+        test = _subset(test, cfg.data.test_subset, derive_seed(cfg.seed, "subset", "test"))
+    return train, test
+
+
+def _subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[: min(n, len(ds))].sort().values
+    return ArrayDataset(x=ds.x[idx], y=ds.y[idx], classes=ds.classes)
+
+
+def _synthetic(task: Task, n: int, seed: int, split: str) -> ArrayDataset:
+    """Random uint8 images with random labels: costs do not depend on values."""
+    g = generator(seed, "synthetic", split)
+    x = torch.randint(0, 256, (n, *task.input_shape), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, task.num_classes, (n,), generator=g)
+    return ArrayDataset(x=x, y=y, classes=tuple(str(i) for i in range(task.num_classes)))
