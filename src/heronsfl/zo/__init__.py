@@ -1,0 +1,1 @@
+"""Zeroth-order optimisation: seeded in-place perturbations and two-point estimators."""
