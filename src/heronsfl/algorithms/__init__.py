@@ -1,0 +1,20 @@
+"""The algorithm registry: one module per algorithm, one line here."""
+
+from __future__ import annotations
+
+from heronsfl.algorithms.base import SplitAlgorithm
+from heronsfl.algorithms.cse_fsl import CSEFSL
+from heronsfl.algorithms.heron_sfl import HeronSFL
+from heronsfl.algorithms.sflv2 import SFLV2
+
+ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
+    "heron-sfl": HeronSFL,
+    "sflv2": SFLV2,
+    "cse-fsl": CSEFSL,
+}
+
+
+def get_algorithm(name: str) -> type[SplitAlgorithm]:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(sorted(ALGORITHMS))}")
+    return ALGORITHMS[name]

@@ -1,0 +1,147 @@
+"""SplitAlgorithm: the one interface every algorithm implements, for all three roles.
+
+An algorithm computes on the state it is handed and returns messages; it does no I/O, transport,
+device placement or global RNG use, so the in-process simulator and a networked engine run the
+same code. How an engine drives it is data on the class:
+
+- sends_gradients: the main server answers every upload with dLoss/d activations and the client
+  waits for it (synchronous SFL). Otherwise the client never waits (decoupled / local-loss SFL)
+  and the server consumes uploads on its own schedule.
+- uses_aux_head: the client trains (and the Fed-Server averages) an auxiliary head after the cut.
+- zeroth_order_client: the client never calls backward (HERON-SFL).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heronsfl.config import OptimConfig, RunConfig
+from heronsfl.errors import DivergedError
+from heronsfl.messages import Batch, Download, Upload
+
+WIRE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ClientState:
+    """One client's working state during a round (engines reuse one instance across clients)."""
+
+    client_id: int
+    round: int
+    model: nn.Module
+    aux: nn.Module | None
+    optimizer: torch.optim.Optimizer | None
+    step: int = 0
+    pending: Tensor | None = None  # sync SFL: activations whose graph waits for the gradient
+    losses: list[float] = field(default_factory=list)
+
+    def trainable(self) -> list[Tensor]:
+        """Parameters the client updates, in a fixed order (the order ZO directions follow)."""
+        mods = [self.model] if self.aux is None else [self.model, self.aux]
+        return [p for m in mods for p in m.parameters() if p.requires_grad]
+
+
+@dataclass
+class ServerState:
+    """The main server's model and its one persistent optimizer."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    losses: list[float] = field(default_factory=list)
+
+
+def make_optimizer(params: Iterable[Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def check_finite(loss: float, where: str, fix: str) -> float:
+    """Stop the run on a NaN/inf loss with a message that says what to change."""
+    if not math.isfinite(loss):
+        raise DivergedError(f"loss is {loss} {where}; {fix}")
+    return loss
+
+
+class SplitAlgorithm(ABC):
+    """Client, main-server and Fed-Server behaviour of one split-learning algorithm."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    sends_gradients: ClassVar[bool]
+    uses_aux_head: ClassVar[bool]
+    zeroth_order_client: ClassVar[bool] = False
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.wire_dtype = WIRE_DTYPES[cfg.comm.wire_dtype]
+
+    # ---------------------------------------------------------------- client
+    def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
+        """A fresh optimizer for a client's round (client optimizer state does not persist)."""
+        return make_optimizer(c.trainable(), self.cfg.client_optim)
+
+    def uploads_at(self, step: int) -> bool:
+        """Whether local step `step` (0-based) sends activations: every k-th step."""
+        if self.sends_gradients:
+            return True
+        return (step + 1) % self.cfg.train.upload_every == 0
+
+    @abstractmethod
+    def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
+        """One local step on `batch`; returns what the client uploads, if anything."""
+
+    def client_apply(self, c: ClientState, down: Download) -> None:
+        """Finish a synchronous step with the server's gradient (sends_gradients only)."""
+        raise NotImplementedError(f"{self.name} receives no gradients from the server")
+
+    def _upload(self, c: ClientState, activations: Tensor, labels: Tensor) -> Upload:
+        # The payload is cast to wire precision here: what is counted is what is sent.
+        return Upload(c.client_id, activations.detach().to(self.wire_dtype), labels)
+
+    def _where(self, c: ClientState) -> str:
+        return f"at round {c.round}, client {c.client_id}, local step {c.step} ({self.name})"
+
+    # ---------------------------------------------------------------- main server
+    def server_step(self, s: ServerState, up: Upload) -> Download | None:
+        """One first-order step of the server model on an upload.
+
+        The server trains on exactly what arrived (wire precision, cast up to fp32). Returns the
+        cut-layer gradient only when `sends_gradients`.
+        """
+        device = next(s.model.parameters()).device
+        acts = up.activations.to(device=device, dtype=torch.float32)
+        labels = up.labels.to(device)
+        if self.sends_gradients:
+            acts.requires_grad_(True)
+        loss = F.cross_entropy(s.model(acts), labels)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        s.optimizer.step()
+        value = check_finite(
+            loss.item(),  # host sync: one per server step
+            f"on the main server ({self.name}, upload from client {up.client_id})",
+            "lower server_optim.lr",
+        )
+        s.losses.append(value)
+        if not self.sends_gradients:
+            return None
+        assert acts.grad is not None, "server forward must reach the activations"
+        return Download(up.client_id, acts.grad.to(self.wire_dtype))
+
+    # ---------------------------------------------------------------- Fed-Server
+    def averaged_modules(self, c: ClientState) -> dict[str, nn.Module]:
+        """The modules the Fed-Server averages each round (prefix -> module)."""
+        mods: dict[str, nn.Module] = {"client": c.model}
+        if self.uses_aux_head and c.aux is not None:
+            mods["aux"] = c.aux
+        return mods

@@ -1,0 +1,123 @@
+"""HERON-SFL: decoupled split federated learning with zeroth-order clients.
+
+Paper: "HERON-SFL" (arXiv 2601.09076). The client sub-model plus a small auxiliary head are
+trained on a local loss l(θ) = CE(aux(client(x)), y) with the two-point zeroth-order estimator of
+Eq. 2: no backward pass, no stored activations, and the random direction u regenerated from its
+seed instead of stored (MeZO, Malladi et al. 2023, arXiv 2305.17333). Every k-th local step the
+client uploads the activations of its unperturbed forward; the main server trains the rest of
+the network with first-order steps (base class) and never answers. The Fed-Server averages the
+client and aux parameters (Eq. 8).
+
+Symbols: μ = zo.mu, q = zo.num_probes, h = train.local_steps, k = train.upload_every.
+
+Estimators (zo.estimator):
+- one-sided (Eq. 2): g_i = (l(θ + μu_i) - l(θ)) / μ, with q + 1 forwards per step.
+- central (MeZO):    g_i = (l(θ + μu_i) - l(θ - μu_i)) / 2μ, with 2q forwards per step
+  (plus one client-only forward on upload steps, to upload unperturbed activations).
+The estimate is (1/q) Σ g_i u_i. For u ~ N(0, I) and for u uniform on the sphere of radius
+sqrt(d), E[u uᵀ] = I, so the d factor that Eq. 2 carries for unit-sphere u is already in the norm.
+
+Updates (client_optim.name):
+- adam: the estimate is written into .grad and Adam steps (paper: Adam, lr 1e-4); costs a
+  gradient buffer and two moments of parameter size.
+- sgd:  θ -= lr * g_i * u_i / q applied in place by regenerating u_i (MeZO's ZO-SGD): nothing of
+  parameter size is stored.
+
+BatchNorm uses batch statistics in every forward; running statistics are updated once per step,
+by the unperturbed forward (central: by the first perturbed forward when there is none).
+
+Deviations from the paper:
+- The paper does not fix μ, h, k or q; the presets document the values chosen.
+- In-place perturb/restore is exact to one fp32 ulp, not bit for bit (see zo/perturb.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite
+from heronsfl.messages import Batch, Upload
+from heronsfl.rng import derive_seed
+from heronsfl.zo.perturb import accumulate_grad_, dropout_off, frozen_batchnorm_stats, perturb_
+
+_FIX = "lower client_optim.lr or zo.mu"
+
+
+class HeronSFL(SplitAlgorithm):
+    name: ClassVar[str] = "heron-sfl"
+    summary: ClassVar[str] = "ZO client + aux head (2 forwards/step), FO server, upload every k"
+    sends_gradients: ClassVar[bool] = False
+    uses_aux_head: ClassVar[bool] = True
+    zeroth_order_client: ClassVar[bool] = True
+
+    def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
+        # ZO-SGD updates in place from the seeds: no optimizer object, no state.
+        return None if self.cfg.client_optim.name == "sgd" else super().new_client_optimizer(c)
+
+    def probe_seed(self, c: ClientState, probe: int) -> int:
+        """One seed per (run, round, client, step, probe): anyone holding it can regenerate u."""
+        return derive_seed(self.cfg.seed, "zo", c.round, c.client_id, c.step, probe)
+
+    def _loss(self, c: ClientState, x: torch.Tensor, y: torch.Tensor) -> float:
+        assert c.aux is not None, "HERON-SFL needs the aux head"
+        return F.cross_entropy(c.aux(c.model(x)), y).item()  # host sync: the ZO scalar
+
+    @torch.no_grad()
+    def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
+        zo = self.cfg.zo
+        params = c.trainable()
+        x, y = batch.x, batch.y
+        upload: Upload | None = None
+        scalars: list[float] = []
+        seeds = [self.probe_seed(c, i) for i in range(zo.num_probes)]
+        with dropout_off(c.model, c.aux):
+            stats_updated = False
+            loss0 = float("nan")
+            if zo.estimator == "one-sided" or self.uploads_at(c.step):
+                acts = c.model(x)  # (B, *cut_shape), unperturbed: updates BN running stats
+                stats_updated = True
+                if self.uploads_at(c.step):
+                    upload = self._upload(c, acts, y)
+                if zo.estimator == "one-sided":
+                    assert c.aux is not None, "HERON-SFL needs the aux head"
+                    loss0 = check_finite(
+                        F.cross_entropy(c.aux(acts), y).item(), self._where(c), _FIX
+                    )
+                del acts  # nothing of activation size survives into the perturbed passes
+            for i, seed in enumerate(seeds):
+                freeze = stats_updated or i > 0
+                with frozen_batchnorm_stats(c.model, c.aux) if freeze else contextlib.nullcontext():
+                    perturb_(params, seed, zo.mu, zo.distribution)
+                    loss_plus = self._loss(c, x, y)
+                    if zo.estimator == "one-sided":
+                        perturb_(params, seed, -zo.mu, zo.distribution)
+                        scalars.append((loss_plus - loss0) / zo.mu)
+                        c.losses.append(loss0)
+                    else:
+                        perturb_(params, seed, -2 * zo.mu, zo.distribution)
+                        loss_minus = self._loss(c, x, y)
+                        perturb_(params, seed, zo.mu, zo.distribution)
+                        scalars.append((loss_plus - loss_minus) / (2 * zo.mu))
+                        c.losses.append(0.5 * (loss_plus + loss_minus))
+                check_finite(scalars[-1], self._where(c), _FIX)
+        self._apply(c, params, seeds, scalars)
+        return upload
+
+    def _apply(
+        self, c: ClientState, params: list[torch.Tensor], seeds: list[int], scalars: list[float]
+    ) -> None:
+        """θ <- θ - lr * (1/q) Σ g_i u_i, via Adam on the estimate or in-place ZO-SGD."""
+        q = len(seeds)
+        dist = self.cfg.zo.distribution
+        if c.optimizer is None:  # ZO-SGD: regenerate each u_i and step along it
+            for seed, g in zip(seeds, scalars, strict=True):
+                perturb_(params, seed, -self.cfg.client_optim.lr * g / q, dist)
+            return
+        for seed, g in zip(seeds, scalars, strict=True):
+            accumulate_grad_(params, seed, g / q, dist)
+        c.optimizer.step()
+        c.optimizer.zero_grad(set_to_none=True)  # the estimate buffer lives only for the update

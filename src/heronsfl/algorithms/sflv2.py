@@ -1,0 +1,39 @@
+"""SFLV2: SplitFed learning, version 2 (sequential server, synchronous gradients).
+
+Paper: Thapa, Chamikara, Camtepe, Sun, "SplitFed: When Federated Learning Meets Split Learning",
+AAAI 2022 (arXiv 2004.12088), Algorithm for SFLV2. Clients take turns (a seeded random order
+each round) on one server model: per batch the client uploads its activations, the server does
+forward, backward and a step, and returns dLoss/d activations; the client back-propagates them
+and steps. The Fed-Server averages the client sub-models at the end of the round.
+
+Deviations from the paper's code:
+- One persistent server optimizer; the reference implementation re-creates Adam every batch,
+  which resets its moments (a bug, not part of the method).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm
+from heronsfl.messages import Batch, Download, Upload
+
+
+class SFLV2(SplitAlgorithm):
+    name: ClassVar[str] = "sflv2"
+    summary: ClassVar[str] = "synchronous SFL: server returns cut gradients every batch"
+    sends_gradients: ClassVar[bool] = True
+    uses_aux_head: ClassVar[bool] = False
+
+    def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
+        acts = c.model(batch.x)  # (B, *cut_shape); the graph stays alive until the gradient
+        c.pending = acts
+        return self._upload(c, acts, batch.y)
+
+    def client_apply(self, c: ClientState, down: Download) -> None:
+        assert c.pending is not None, "client_apply without a pending forward"
+        assert c.optimizer is not None, "an FO client needs its optimizer"
+        c.optimizer.zero_grad(set_to_none=True)
+        c.pending.backward(down.gradient.to(c.pending))  # to the client's dtype and device
+        c.optimizer.step()
+        c.pending = None
