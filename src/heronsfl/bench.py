@@ -1,0 +1,134 @@
+"""`heronsfl bench resources`: what one client local step costs, per algorithm, side by side.
+
+Costs do not depend on data values, so the batch is random. Each algorithm gets a fresh client
+with the task's split; one unmeasured warm-up step creates optimizer state (steady state), then
+one upload step is measured: the costliest step of a decoupled client, and every step of a
+synchronous one. Peak memory: a live-tensor high-water mark (parameters, gradients, optimizer
+state, batch and temporaries) on CPU; torch.cuda.max_memory_allocated on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from heronsfl.algorithms import ALGORITHMS, get_algorithm
+from heronsfl.algorithms.base import ClientState, ServerState, make_optimizer
+from heronsfl.config import RunConfig, with_overrides
+from heronsfl.engines.simulation import resolve_device
+from heronsfl.engines.step import local_step, measure_local_step
+from heronsfl.messages import Batch
+from heronsfl.metrics.memory import cuda_peak_bytes
+from heronsfl.models.split import count_params
+from heronsfl.rng import generator
+from heronsfl.tasks import build_split_model, get_task
+
+
+def _config(task: str, algorithm: str, batch_size: int, device: str, overrides: list[str]) -> RunConfig:
+    return with_overrides(
+        RunConfig(),
+        [
+            f"task={task}",
+            f"algorithm={algorithm}",
+            f"train.batch_size={batch_size}",
+            f"device={device}",
+            "train.local_steps=2",
+            "train.upload_every=2",  # step 0 warms up, step 1 uploads and is measured
+            *overrides,
+        ],
+    )
+
+
+def measure(cfg: RunConfig) -> dict[str, Any]:
+    """Measure one upload step of cfg.algorithm's client on a random batch."""
+    device = resolve_device(cfg.device)
+    task = get_task(cfg.task)
+    algo = get_algorithm(cfg.algorithm)(cfg)
+    model = build_split_model(cfg, with_aux=algo.uses_aux_head).to(device)
+    # On CUDA the allocator's peak would include the server's step: keep the server on the CPU.
+    model.server.to("cpu")
+    server = ServerState(model.server, make_optimizer(model.server.parameters(), cfg.server_optim))
+    c = ClientState(0, 1, model.client, model.aux, None)
+    c.optimizer = algo.new_client_optimizer(c)
+    g = generator(cfg.seed, "bench")
+    B = cfg.train.batch_size
+    x = torch.randint(0, 256, (B, *task.input_shape), generator=g, dtype=torch.uint8)
+    batch = Batch(task.normalize(x).to(device), torch.randint(0, task.num_classes, (B,), generator=g).to(device))
+    c.step = 0
+    local_step(algo, c, batch, server)  # warm-up: optimizer state now exists
+    c.step = 1
+    up, down, cost = measure_local_step(algo, c, batch, server)
+    peak = cost.peak_mem_bytes
+    if device.type == "cuda":
+        c.step = 1
+        resident = [m for m in (model.client, model.aux, c.optimizer) if m is not None]
+        peak = cuda_peak_bytes(lambda: local_step(algo, c, batch, server), *resident, batch.x, batch.y)
+    averaged = [model.client] + ([model.aux] if algo.uses_aux_head and model.aux is not None else [])
+    wire_bytes = algo.wire_dtype.itemsize
+    model_state = [t for m in averaged for t in m.state_dict().values()]
+    model_bytes = sum(t.numel() * (wire_bytes if t.is_floating_point() else t.element_size()) for t in model_state)
+    return {
+        "algorithm": cfg.algorithm,
+        "task": cfg.task,
+        "device": device.type,
+        "batch_size": B,
+        "cut": model.cut,
+        "cut_shape": list(model.cut_shape),
+        "client_params": count_params(model.client),
+        "aux_params": count_params(model.aux) if algo.uses_aux_head else 0,
+        "client_peak_mem_bytes": int(peak),
+        "client_flops_per_step": cost.flops,
+        "client_macs_per_step": cost.flops / 2,
+        "upload_bytes": cost.uplink_bytes,
+        "downlink_bytes_per_step": cost.downlink_bytes,
+        "model_bytes_per_round": 2 * model_bytes,  # down + up, at wire precision
+        "wire_dtype": cfg.comm.wire_dtype,
+    }
+
+
+def resources(
+    task: str,
+    batch_size: int = 256,
+    algorithms: list[str] | None = None,
+    device: str = "cpu",
+    upload_every: int = 1,
+    overrides: list[str] = (),  # type: ignore[assignment]
+) -> list[dict[str, Any]]:
+    names = algorithms or list(ALGORITHMS)
+    rows = []
+    for name in names:
+        cfg = _config(task, name, batch_size, device, list(overrides))
+        row = measure(cfg)
+        # A decoupled client uploads every k-th step; a synchronous one every step.
+        k = 1 if ALGORITHMS[name].sends_gradients else upload_every
+        row["upload_every"] = k
+        row["uplink_bytes_per_step"] = row["upload_bytes"] / k
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The paper's Table 2 layout: memory and compute per client step, plus bytes."""
+    base = next((r for r in rows if r["algorithm"] == "sflv2"), rows[0])
+    head = (
+        f"{'algorithm':<12}{'peak mem (MB)':>15}{'vs ' + base['algorithm']:>12}"
+        f"{'MACs/step (G)':>16}{'vs ' + base['algorithm']:>12}{'up/step (MB)':>14}"
+        f"{'down/step (MB)':>16}{'model/round (MB)':>18}"
+    )
+    lines = [
+        f"task {rows[0]['task']}, cut {rows[0]['cut']} {tuple(rows[0]['cut_shape'])}, "
+        f"batch {rows[0]['batch_size']}, device {rows[0]['device']}, wire {rows[0]['wire_dtype']}",
+        head,
+        "-" * len(head),
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['algorithm']:<12}{r['client_peak_mem_bytes'] / 1e6:>15.1f}"
+            f"{r['client_peak_mem_bytes'] / base['client_peak_mem_bytes']:>12.2f}"
+            f"{r['client_macs_per_step'] / 1e9:>16.2f}"
+            f"{r['client_macs_per_step'] / base['client_macs_per_step']:>12.2f}"
+            f"{r['uplink_bytes_per_step'] / 1e6:>14.2f}{r['downlink_bytes_per_step'] / 1e6:>16.2f}"
+            f"{r['model_bytes_per_round'] / 1e6:>18.2f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Engines drive algorithms: in-process simulation (default) and, later, networked deployment."""

@@ -1,0 +1,68 @@
+"""One client local step as every engine runs it, and the same step measured.
+
+A synchronous algorithm's step spans client -> server -> client; only the client's parts are
+measured (the server runs in the same process here but is not the client's cost). The gradient
+that "arrives" from the server is counted as client memory from the moment it is received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch.utils.flop_counter import FlopCounterMode
+
+from heronsfl.algorithms.base import ClientState, ServerState, SplitAlgorithm
+from heronsfl.messages import Batch, Download, Upload
+from heronsfl.metrics.memory import PeakMemoryTracker
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """What one client local step cost the client."""
+
+    peak_mem_bytes: int  # live tensors: params, grads, optimizer state, batch, temporaries
+    flops: int  # FlopCounterMode count (a multiply-add is 2 FLOPs; MACs = flops / 2)
+    uplink_bytes: int
+    downlink_bytes: int
+
+
+def local_step(
+    algo: SplitAlgorithm, c: ClientState, batch: Batch, server: ServerState
+) -> tuple[Upload | None, Download | None]:
+    up = algo.client_step(c, batch)
+    down = None
+    if algo.sends_gradients:
+        assert up is not None, "a synchronous client uploads every step"
+        down = algo.server_step(server, up)
+        assert down is not None, "a synchronous server answers every upload"
+        algo.client_apply(c, down)
+    return up, down
+
+
+def measure_local_step(
+    algo: SplitAlgorithm, c: ClientState, batch: Batch, server: ServerState
+) -> tuple[Upload | None, Download | None, StepCost]:
+    """`local_step` under a live-tensor peak-memory tracker and a FLOP counter (client parts)."""
+    tracker = PeakMemoryTracker()
+    mods = [m for m in (c.model, c.aux) if m is not None]
+    tracker.track(*mods, batch.x, batch.y)
+    if c.optimizer is not None:
+        tracker.track(c.optimizer)
+    flops = 0
+    down = None
+    with tracker:
+        with FlopCounterMode(display=False) as fc:
+            up = algo.client_step(c, batch)
+        flops += fc.get_total_flops()
+        if algo.sends_gradients:
+            assert up is not None, "a synchronous client uploads every step"
+            with tracker.paused():
+                down = algo.server_step(server, up)
+            assert down is not None, "a synchronous server answers every upload"
+            tracker.track(down.gradient)  # received over the network: now client memory
+            with FlopCounterMode(display=False) as fc:
+                algo.client_apply(c, down)
+            flops += fc.get_total_flops()
+    up_bytes = 0 if up is None else up.activations.nbytes + up.labels.nbytes
+    down_bytes = 0 if down is None else down.gradient.nbytes
+    return up, down, StepCost(tracker.peak_bytes, int(flops), up_bytes, down_bytes)

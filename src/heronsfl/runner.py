@@ -1,0 +1,63 @@
+"""Run one experiment end to end: simulate, log each round, summarise on success."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from heronsfl.config import RunConfig
+from heronsfl.engines.simulation import Simulation
+from heronsfl.metrics.log import RunWriter
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def summarize(cfg: RunConfig, records: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    last = records[-1]
+    evaluated = [r for r in records if "test/accuracy" in r]
+    return {
+        "algorithm": cfg.algorithm,
+        "task": cfg.task,
+        "rounds": len(records),
+        "final": last,
+        "best_test_accuracy": max((r["test/accuracy"] for r in evaluated), default=None),
+        "wall_s": wall_s,
+    }
+
+
+def run_experiment(
+    cfg: RunConfig,
+    out_dir: str | Path | None,
+    overwrite: bool = False,
+    on_round: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run `cfg`; with `out_dir`, write config.toml, metrics.jsonl and (last) summary.json."""
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    writer = RunWriter(out_dir, cfg, overwrite) if out_dir is not None else None
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    try:
+        sim = Simulation(cfg)
+        for _ in range(cfg.rounds):
+            record = sim.run_round()
+            record["wall_s"] = time.perf_counter() - t0
+            records.append(record)
+            if writer is not None:
+                writer.log(record)
+            if on_round is not None:
+                on_round(record)
+        summary = summarize(cfg, records, time.perf_counter() - t0)
+        if writer is not None:
+            writer.finish(summary)
+        return summary
+    finally:
+        if writer is not None:
+            writer.close()
