@@ -91,7 +91,7 @@ class DataConfig:
 
     root: str = _f("data", "directory holding the dataset (e.g. ../shared/data)")
     download: bool = _f(False, "download the official files into root when they are missing")
-    cache_dir: str = _f("", "where decoded images are cached; empty = ROOT/.heronsfl-cache")
+    cache_dir: str = _f("", "where decoded images are cached; empty = $XDG_CACHE_HOME/heronsfl or ~/.cache/heronsfl")
     partition: str = _f("iid", "how training data is split across clients (see `heronsfl ls`)")
     augment: bool = _f(True, "random crop + horizontal flip on image tasks that use it")
     train_subset: int = _f(0, "use only the first N shuffled training samples (0 = all)")

@@ -5,6 +5,7 @@ A new task is one `Task(...)` entry in TASKS.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,7 +58,12 @@ class Task:
 
 
 def _cache_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".heronsfl-cache"
+    """data.cache_dir, else $XDG_CACHE_HOME/heronsfl (~/.cache/heronsfl): never beside the data,
+    which may be a read-only shared copy."""
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "heronsfl"
 
 
 def _load_cifar10(cfg: RunConfig, split: Split) -> ArrayDataset:

@@ -106,7 +106,7 @@ class SplitAlgorithm(ABC):
 
     def _upload(self, c: ClientState, activations: Tensor, labels: Tensor) -> Upload:
         # The payload is cast to wire precision here: what is counted is what is sent.
-        return Upload(c.client_id, activations.detach().to(self.wire_dtype), labels)
+        return Upload(c.client_id, activations.detach().to(self.wire_dtype, copy=True), labels)
 
     def _where(self, c: ClientState) -> str:
         return f"at round {c.round}, client {c.client_id}, local step {c.step} ({self.name})"

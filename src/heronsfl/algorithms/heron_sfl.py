@@ -24,7 +24,9 @@ Updates (client_optim.name):
   parameter size is stored.
 
 BatchNorm uses batch statistics in every forward; running statistics are updated once per step,
-by the unperturbed forward (central: by the first perturbed forward when there is none).
+by the unperturbed forward (central: by the first perturbed forward when there is none). The
+unperturbed forward runs after the perturbed ones, so the activations it uploads never coexist
+with another forward's: peak client memory is that of a single inference forward.
 
 Deviations from the paper:
 - The paper does not fix μ, h, k or q; the presets document the values chosen.
@@ -71,39 +73,45 @@ class HeronSFL(SplitAlgorithm):
         zo = self.cfg.zo
         params = c.trainable()
         x, y = batch.x, batch.y
-        upload: Upload | None = None
-        scalars: list[float] = []
+        uploads = self.uploads_at(c.step)
+        # The unperturbed forward runs *last*: its activations then go straight to the uplink and
+        # never coexist with another forward's (the estimate is the same in any order).
+        unperturbed = zo.estimator == "one-sided" or uploads
         seeds = [self.probe_seed(c, i) for i in range(zo.num_probes)]
+        plus: list[float] = []
+        minus: list[float] = []
         with dropout_off(c.model, c.aux):
-            stats_updated = False
-            loss0 = float("nan")
-            if zo.estimator == "one-sided" or self.uploads_at(c.step):
-                acts = c.model(x)  # (B, *cut_shape), unperturbed: updates BN running stats
-                stats_updated = True
-                if self.uploads_at(c.step):
-                    upload = self._upload(c, acts, y)
-                if zo.estimator == "one-sided":
-                    assert c.aux is not None, "HERON-SFL needs the aux head"
-                    loss0 = check_finite(
-                        F.cross_entropy(c.aux(acts), y).item(), self._where(c), _FIX
-                    )
-                del acts  # nothing of activation size survives into the perturbed passes
             for i, seed in enumerate(seeds):
-                freeze = stats_updated or i > 0
+                # Running BN statistics: from the unperturbed forward, else from the first probe.
+                freeze = unperturbed or i > 0
                 with frozen_batchnorm_stats(c.model, c.aux) if freeze else contextlib.nullcontext():
                     perturb_(params, seed, zo.mu, zo.distribution)
-                    loss_plus = self._loss(c, x, y)
-                    if zo.estimator == "one-sided":
-                        perturb_(params, seed, -zo.mu, zo.distribution)
-                        scalars.append((loss_plus - loss0) / zo.mu)
-                        c.losses.append(loss0)
-                    else:
+                    plus.append(self._loss(c, x, y))
+                    if zo.estimator == "central":
                         perturb_(params, seed, -2 * zo.mu, zo.distribution)
-                        loss_minus = self._loss(c, x, y)
+                        minus.append(self._loss(c, x, y))
                         perturb_(params, seed, zo.mu, zo.distribution)
-                        scalars.append((loss_plus - loss_minus) / (2 * zo.mu))
-                        c.losses.append(0.5 * (loss_plus + loss_minus))
-                check_finite(scalars[-1], self._where(c), _FIX)
+                    else:
+                        perturb_(params, seed, -zo.mu, zo.distribution)
+            upload: Upload | None = None
+            loss0 = float("nan")
+            if unperturbed:
+                acts = c.model(x)  # (B, *cut_shape); updates BN running statistics once
+                if zo.estimator == "one-sided":
+                    assert c.aux is not None, "HERON-SFL needs the aux head"
+                    loss0 = F.cross_entropy(c.aux(acts), y).item()  # host sync
+                if uploads:
+                    upload = self._upload(c, acts, y)
+                del acts
+        if zo.estimator == "one-sided":
+            check_finite(loss0, self._where(c), _FIX)
+            scalars = [(lp - loss0) / zo.mu for lp in plus]
+            c.losses.append(loss0)
+        else:
+            scalars = [(lp - lm) / (2 * zo.mu) for lp, lm in zip(plus, minus, strict=True)]
+            c.losses.append(sum(plus + minus) / (2 * len(plus)))
+        for g in scalars:
+            check_finite(g, self._where(c), _FIX)
         self._apply(c, params, seeds, scalars)
         return upload
 

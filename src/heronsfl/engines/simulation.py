@@ -15,6 +15,7 @@ One round:
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -86,14 +87,10 @@ class Simulation:
         return mods
 
     def _client_modules_state(self) -> dict[str, Tensor]:
-        return {
-            f"{prefix}.{k}": v for prefix, m in self._averaged().items() for k, v in m.state_dict().items()
-        }
+        return prefixed_state(self._averaged())
 
     def _load_client_modules(self, state: dict[str, Tensor]) -> None:
-        for prefix, m in self._averaged().items():
-            sub = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
-            m.load_state_dict(sub)
+        load_prefixed(self._averaged(), state)
 
     def make_batch(self, idx: Tensor, gen: torch.Generator) -> Batch:
         x = self.task.preprocess(self.train_set.x[idx], True, self.cfg.data.augment, gen)
@@ -108,82 +105,51 @@ class Simulation:
         return self.cfg.train.upload_every - 1
 
     # ------------------------------------------------------------------ one round
-    def client_round(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> tuple[
-        dict[str, Tensor], list[Upload], list[float]
-    ]:
-        """Client `client_id`'s whole round: receive the model, h local steps, send it back."""
-        cfg = self.cfg
-        self._load_client_modules(wire_state)  # casts the wire copy up to the workspace's fp32
-        self.model.client.train()
-        if self.model.aux is not None:
-            self.model.aux.train()
-        c = ClientState(client_id, self.round, self.model.client, self.model.aux, None)
-        c.optimizer = self.algo.new_client_optimizer(c)
-        batches = round_batches(
-            self.parts[client_id],
-            cfg.train.batch_size,
-            cfg.train.local_steps,
-            generator(cfg.seed, "batches", self.round, client_id),
-        )
-        aug = generator(cfg.seed, "augment", self.round, client_id)
-        uploads: list[Upload] = []
-        for step, idx in enumerate(batches):
-            c.step = step
-            batch = self.make_batch(idx, aug)
-            if measure and step == self._measure_at():
-                up, down, self.step_cost = measure_local_step(self.algo, c, batch, self.server)
-            else:
-                up, down = local_step(self.algo, c, batch, self.server)
-            if up is not None:
-                self.comm.add("up", "activations", [up.activations])
-                self.comm.add("up", "labels", [up.labels])
-                if not self.algo.sends_gradients:
-                    uploads.append(up)
-            if down is not None:
-                self.comm.add("down", "gradients", [down.gradient])
-        state = to_wire(self._client_modules_state(), self.algo.wire_dtype)
-        self.comm.add("up", "model", state.values())
-        return state, uploads, c.losses
-
-    def server_schedule(self, queues: dict[int, list[Upload]]) -> Iterator[Upload]:
-        """Round-robin interleaving of clients' uploads (default), or client by client."""
-        if self.cfg.train.server_order == "client-by-client":
-            for cid in sorted(queues):
-                yield from queues[cid]
-            return
-        longest = max((len(q) for q in queues.values()), default=0)
-        for i in range(longest):
-            for cid in sorted(queues):
-                if i < len(queues[cid]):
-                    yield queues[cid][i]
+    def client_run(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> ClientRun:
+        """Client `client_id`'s round as a step-wise iterator (see ClientRun)."""
+        client = copy.deepcopy(self.model.client)
+        aux = copy.deepcopy(self.model.aux) if self.algo.uses_aux_head else None
+        return ClientRun(self, client_id, client, aux, wire_state, measure)
 
     def run_round(self) -> dict[str, Any]:
         self.round += 1
         cfg = self.cfg
         t0 = time.perf_counter()
         clients = list(range(cfg.clients))
-        if self.algo.sends_gradients:  # SFLV2: clients take turns in a seeded random order
-            order = numpy_rng(cfg.seed, "order", self.round).permutation(clients).tolist()
-        else:
-            order = clients
         wire_state = to_wire(self.global_state, self.algo.wire_dtype)
         avg = WeightedAverage()
-        queues: dict[int, list[Upload]] = {}
-        client_losses: list[float] = []
         n_server_before = len(self.server.losses)
-        for i, cid in enumerate(order):
-            self.comm.add("down", "model", wire_state.values())
-            state, uploads, losses = self.client_round(
-                cid, wire_state, measure=self.step_cost is None and i == 0
-            )
-            weight = 1.0 if cfg.train.aggregation == "uniform" else float(len(self.parts[cid]))
-            avg.add(state, weight)
-            queues[cid] = uploads
-            client_losses += losses
         self.model.server.train()
-        for up in self.server_schedule(queues):
-            self.algo.server_step(self.server, up)
-        del queues
+
+        def runs(order: list[int]) -> Iterator[ClientRun]:
+            # Lazily created: under client-by-client order only one client exists at a time.
+            for i, cid in enumerate(order):
+                self.comm.add("down", "model", wire_state.values())
+                yield self.client_run(cid, wire_state, measure=self.step_cost is None and i == 0)
+
+        if self.algo.sends_gradients:
+            # SFLV2: clients take turns in a seeded random order; the server answers inline.
+            order = numpy_rng(cfg.seed, "order", self.round).permutation(clients).tolist()
+            done = [self._drain(run) for run in runs(order)]
+        elif cfg.train.server_order == "client-by-client":
+            done = [self._drain(run) for run in runs(clients)]
+        else:
+            # Round-robin: every client advances one step, the server consumes the uploads in
+            # client order, and so on. Clients never wait for the server, so this is what a
+            # server consuming a concurrent stream of uploads would compute.
+            started = list(runs(clients))
+            for step_uploads in zip(*started, strict=True):
+                for up in step_uploads:
+                    if up is not None:
+                        self.algo.server_step(self.server, up)
+            done = started
+        client_losses: list[float] = []
+        for run in done:
+            weight = 1.0 if cfg.train.aggregation == "uniform" else float(len(self.parts[run.client_id]))
+            assert run.state is not None, "a finished client run holds its state"
+            avg.add(run.state, weight)
+            client_losses += run.losses
+        del done
         self.global_state = avg.result(like=self.global_state)
         server_losses = self.server.losses[n_server_before:]
         record: dict[str, Any] = {"round": self.round}
@@ -204,6 +170,13 @@ class Simulation:
         record["client/flops_per_step"] = self.step_cost.flops
         record["round_s"] = time.perf_counter() - t0
         return record
+
+    def _drain(self, run: ClientRun) -> ClientRun:
+        """Run one client to the end; a decoupled server consumes each upload as it arrives."""
+        for up in run:
+            if up is not None and not self.algo.sends_gradients:
+                self.algo.server_step(self.server, up)
+        return run
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -239,3 +212,72 @@ class Simulation:
             if on_round is not None:
                 on_round(record)
         return records
+
+
+class ClientRun:
+    """One client's round, one local step per iteration; yields the step's upload (or None).
+
+    The client works on its own copy of the client (+ aux) modules, loaded from the wire copy of
+    the global state. When the iteration ends, `state` holds what it sends back (at wire
+    precision) and `losses` its local losses.
+    """
+
+    def __init__(
+        self,
+        sim: Simulation,
+        client_id: int,
+        client: nn.Module,
+        aux: nn.Module | None,
+        wire_state: dict[str, Tensor],
+        measure: bool,
+    ) -> None:
+        self.sim = sim
+        self.client_id = client_id
+        self.modules: dict[str, nn.Module] = {"client": client}
+        if aux is not None:
+            self.modules["aux"] = aux
+        load_prefixed(self.modules, wire_state)  # casts the wire copy up to fp32
+        self.measure = measure
+        self.state: dict[str, Tensor] | None = None
+        self.losses: list[float] = []
+        self._c = ClientState(client_id, sim.round, client.train(), aux.train() if aux else None, None)
+
+    def __iter__(self) -> Iterator[Upload | None]:
+        sim, c = self.sim, self._c
+        cfg = sim.cfg
+        c.optimizer = sim.algo.new_client_optimizer(c)
+        batches = round_batches(
+            sim.parts[self.client_id],
+            cfg.train.batch_size,
+            cfg.train.local_steps,
+            generator(cfg.seed, "batches", sim.round, self.client_id),
+        )
+        aug = generator(cfg.seed, "augment", sim.round, self.client_id)
+        for step, idx in enumerate(batches):
+            c.step = step
+            batch = sim.make_batch(idx, aug)
+            if self.measure and step == sim._measure_at():
+                up, down, sim.step_cost = measure_local_step(sim.algo, c, batch, sim.server)
+            else:
+                up, down = local_step(sim.algo, c, batch, sim.server)
+            if up is not None:
+                sim.comm.add("up", "activations", [up.activations])
+                sim.comm.add("up", "labels", [up.labels])
+            if down is not None:
+                sim.comm.add("down", "gradients", [down.gradient])
+            yield up
+        self.state = to_wire(prefixed_state(self.modules), sim.algo.wire_dtype)
+        sim.comm.add("up", "model", self.state.values())
+        self.losses = c.losses
+        self._c = None  # type: ignore[assignment]  # free the modules and optimizer
+        self.modules = {}
+
+
+def prefixed_state(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
+    """{"client.0.weight": ..., "aux.1.bias": ...}: one flat state for several modules."""
+    return {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def load_prefixed(modules: dict[str, nn.Module], state: dict[str, Tensor]) -> None:
+    for prefix, m in modules.items():
+        m.load_state_dict({k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")})

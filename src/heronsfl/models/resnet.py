@@ -28,16 +28,22 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        # One op per statement, in-place ReLU and residual add (as torchvision does): a no-grad
+        # forward then holds at most three activations (block input, op input, op output).
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = F.relu(out, inplace=True)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out += self.shortcut(x)
+        return F.relu(out, inplace=True)
 
 
 def resnet18_stages(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> OrderedDict[str, nn.Module]:
     """Named stages of ResNet-18; stage names are the allowed cut points (all but the head)."""
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     stages["stem"] = nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
     )
     c_in = width
     for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):

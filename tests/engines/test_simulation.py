@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from heronsfl.algorithms import ALGORITHMS
+from heronsfl.engines.simulation import Simulation
+from heronsfl.metrics.flops import module_forward_macs
+from heronsfl.models.split import count_params
+from tests.conftest import tiny_config
+
+
+def _run(*overrides: str) -> tuple[Simulation, list[dict]]:
+    sim = Simulation(tiny_config(*overrides))
+    return sim, sim.run()
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_same_seed_gives_bit_identical_runs(algorithm: str) -> None:
+    # Prepare / Execute
+    a, ra = _run(f"algorithm={algorithm}", "rounds=1")
+    b, rb = _run(f"algorithm={algorithm}", "rounds=1")
+    c, rc = _run(f"algorithm={algorithm}", "rounds=1", "seed=1")
+    # Assert
+    drop = {"round_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ra] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rb
+    ]
+    for key, value in a.global_state.items():
+        assert torch.equal(value, b.global_state[key]), key
+    assert any(not torch.equal(v, c.global_state[k]) for k, v in a.global_state.items())
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
+    """Paper Table 1 per round: decoupled p·q + 2(|θc|+|θa|); SFL 2·p·q + 2|θc| (plus labels).
+
+    p = samples uploaded per round over all clients, q = activation elements per sample; models
+    are counted with their BatchNorm buffers (they are sent and averaged too).
+    """
+    # Prepare
+    rounds, clients, h, k, B = 2, 3, 6, 2, 16
+    sim, records = _run(f"algorithm={algorithm}", "comm.wire_dtype=fp16")
+    algo = sim.algo
+    q = int(torch.tensor(sim.model.cut_shape).prod())
+    uploads_per_client = h if algo.sends_gradients else h // k
+    p = rounds * clients * uploads_per_client * B
+    mods = [sim.model.client] + ([sim.model.aux] if algo.uses_aux_head else [])
+    model_elems = sum(t.numel() for m in mods for t in m.state_dict().values() if t.is_floating_point())
+    int_bytes = sum(
+        t.numel() * t.element_size() for m in mods for t in m.state_dict().values() if not t.is_floating_point()
+    )
+    model_bytes = rounds * clients * (2 * model_elems + 0) * 2 + rounds * clients * 2 * int_bytes
+    last = records[-1]
+    # Assert
+    assert last["comm/up_activations_bytes"] == p * q * 2
+    assert last["comm/up_labels_bytes"] == p * 8
+    assert last["comm/up_model_bytes"] + last["comm/down_model_bytes"] == model_bytes
+    grads = p * q * 2 if algo.sends_gradients else 0
+    assert last.get("comm/down_gradients_bytes", 0) == grads
+    assert last["comm/uplink_bytes"] + last["comm/downlink_bytes"] == p * q * 2 * (
+        2 if algo.sends_gradients else 1
+    ) + p * 8 + model_bytes
+    if algo.uses_aux_head:
+        assert count_params(sim.model.aux) > 0
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_learns_digits_better_than_chance(algorithm: str) -> None:
+    # 10 classes: chance is 0.10; a split model that learns at all passes 0.5 within 3 rounds.
+    _, records = _run(f"algorithm={algorithm}", "rounds=3", "model.width=8", "train.local_steps=15",
+                      "client_optim.lr=1e-3", "server_optim.lr=1e-3")
+    assert records[-1]["test/accuracy"] > 0.5, records[-1]
+
+
+def test_heron_client_step_costs_less_than_cse_fsl() -> None:
+    heron, _ = _run("algorithm=heron-sfl", "rounds=1", "model.width=16", "train.batch_size=64")
+    cse, _ = _run("algorithm=cse-fsl", "rounds=1", "model.width=16", "train.batch_size=64")
+    assert heron.step_cost is not None and cse.step_cost is not None
+    assert heron.step_cost.flops < cse.step_cost.flops
+    assert heron.step_cost.peak_mem_bytes < cse.step_cost.peak_mem_bytes
+    # One probe, one-sided: exactly two forwards of client + aux (F). CSE-FSL: forward plus a
+    # backward of twice the forward, minus the first conv's input gradient (its input is data).
+    x = torch.zeros(64, 1, 8, 8)
+    f = module_forward_macs(torch.nn.Sequential(heron.model.client, heron.model.aux), x)
+    first_conv = module_forward_macs(heron.model.client[0][0], x)
+    assert heron.step_cost.flops == 2 * (2 * f)
+    assert cse.step_cost.flops == 2 * (3 * f - first_conv)
+
+
+def test_round_robin_and_client_by_client_orders_differ_only_on_the_server() -> None:
+    a, _ = _run("algorithm=heron-sfl", "rounds=1")
+    b, _ = _run("algorithm=heron-sfl", "rounds=1", "train.server_order=client-by-client")
+    for key in a.global_state:  # clients never hear from the server: identical
+        assert torch.equal(a.global_state[key], b.global_state[key])
+    sa, sb = a.model.server.state_dict(), b.model.server.state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa if sa[k].is_floating_point())
+
+
+def test_frozen_parameters_and_state_are_untouched_by_the_server_for_decoupled() -> None:
+    # The decoupled server never sends anything: the global client model after round 1 depends
+    # only on the clients, so changing the server's learning rate changes nothing client-side.
+    a, _ = _run("algorithm=cse-fsl", "rounds=1")
+    b, _ = _run("algorithm=cse-fsl", "rounds=1", "server_optim.lr=0.1")
+    for key in a.global_state:
+        assert torch.equal(a.global_state[key], b.global_state[key])
