@@ -38,12 +38,31 @@ def test_heron_peak_memory_is_lowest_once_activations_dominate() -> None:
 
 
 def test_bench_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "resources", "--task", "cnn-digits", "--batch-size", "8", "--json",
-                 "--algorithms", "heron-sfl,sflv2", "--upload-every", "4"])
+    code = main(
+        [
+            "bench",
+            "resources",
+            "--task",
+            "cnn-digits",
+            "--batch-size",
+            "8",
+            "--json",
+            "--algorithms",
+            "heron-sfl,sflv2",
+            "--upload-every",
+            "4",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0 and [r["algorithm"] for r in rows] == ["heron-sfl", "sflv2"]
-    for key in ["algorithm", "client_peak_mem_bytes", "client_macs_per_step", "client_flops_per_step",
-                "uplink_bytes_per_step", "downlink_bytes_per_step"]:
+    for key in [
+        "algorithm",
+        "client_peak_mem_bytes",
+        "client_macs_per_step",
+        "client_flops_per_step",
+        "uplink_bytes_per_step",
+        "downlink_bytes_per_step",
+    ]:
         assert key in rows[0], key
     assert rows[0]["uplink_bytes_per_step"] == rows[0]["upload_bytes"] / 4
     assert rows[1]["upload_every"] == 1

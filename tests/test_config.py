@@ -13,7 +13,7 @@ def test_overrides_are_cast_to_field_types() -> None:
 
 
 def test_toml_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cfg = load_config(None, ["algorithm=cse-fsl", "zo.num_probes=4", "data.root=a \"b\""])
+    cfg = load_config(None, ["algorithm=cse-fsl", "zo.num_probes=4", 'data.root=a "b"'])
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
     assert load_config(path) == cfg

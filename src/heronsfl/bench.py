@@ -25,7 +25,9 @@ from heronsfl.rng import generator
 from heronsfl.tasks import build_split_model, get_task
 
 
-def _config(task: str, algorithm: str, batch_size: int, device: str, overrides: list[str]) -> RunConfig:
+def _config(
+    task: str, algorithm: str, batch_size: int, device: str, overrides: list[str]
+) -> RunConfig:
     return with_overrides(
         RunConfig(),
         [
@@ -54,7 +56,10 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     g = generator(cfg.seed, "bench")
     B = cfg.train.batch_size
     x = torch.randint(0, 256, (B, *task.input_shape), generator=g, dtype=torch.uint8)
-    batch = Batch(task.normalize(x).to(device), torch.randint(0, task.num_classes, (B,), generator=g).to(device))
+    batch = Batch(
+        task.normalize(x).to(device),
+        torch.randint(0, task.num_classes, (B,), generator=g).to(device),
+    )
     c.step = 0
     local_step(algo, c, batch, server)  # warm-up: optimizer state now exists
     c.step = 1
@@ -63,11 +68,17 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     if device.type == "cuda":
         c.step = 1
         resident = [m for m in (model.client, model.aux, c.optimizer) if m is not None]
-        peak = cuda_peak_bytes(lambda: local_step(algo, c, batch, server), *resident, batch.x, batch.y)
-    averaged = [model.client] + ([model.aux] if algo.uses_aux_head and model.aux is not None else [])
+        peak = cuda_peak_bytes(
+            lambda: local_step(algo, c, batch, server), *resident, batch.x, batch.y
+        )
+    averaged = [model.client] + (
+        [model.aux] if algo.uses_aux_head and model.aux is not None else []
+    )
     wire_bytes = algo.wire_dtype.itemsize
     model_state = [t for m in averaged for t in m.state_dict().values()]
-    model_bytes = sum(t.numel() * (wire_bytes if t.is_floating_point() else t.element_size()) for t in model_state)
+    model_bytes = sum(
+        t.numel() * (wire_bytes if t.is_floating_point() else t.element_size()) for t in model_state
+    )
     return {
         "algorithm": cfg.algorithm,
         "task": cfg.task,

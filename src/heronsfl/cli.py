@@ -36,7 +36,9 @@ def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
         elif config is None:
             config = a
         else:
-            raise ConfigError(f"unexpected argument {a!r}: give one config file, then key=value overrides")
+            raise ConfigError(
+                f"unexpected argument {a!r}: give one config file, then key=value overrides"
+            )
     return config, overrides
 
 
@@ -94,7 +96,10 @@ def cmd_validate(ns: argparse.Namespace) -> int:
 
     path, overrides = _split_args([ns.config, *ns.overrides])
     cfg = load_config(path, overrides)
-    print(f"{ns.config}: ok ({cfg.algorithm} on {cfg.task}, {cfg.rounds} rounds, {cfg.clients} clients)")
+    print(
+        f"{ns.config}: ok ({cfg.algorithm} on {cfg.task}, "
+        f"{cfg.rounds} rounds, {cfg.clients} clients)"
+    )
     return 0
 
 
@@ -127,7 +132,9 @@ def cmd_ls(ns: argparse.Namespace) -> int:
 def cmd_bench(ns: argparse.Namespace) -> int:
     from heronsfl.bench import format_table, resources
 
-    algorithms = [a.strip() for a in ns.algorithms.split(",") if a.strip()] if ns.algorithms else None
+    algorithms = (
+        [a.strip() for a in ns.algorithms.split(",") if a.strip()] if ns.algorithms else None
+    )
     rows = resources(
         ns.task,
         batch_size=ns.batch_size,
@@ -146,7 +153,11 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from heronsfl.demo import run_demo
 
-    run_demo(Path(ns.out), rounds=ns.rounds, quiet=ns.quiet or not _interactive() and bool(os.environ.get("CI")))
+    run_demo(
+        Path(ns.out),
+        rounds=ns.rounds,
+        quiet=ns.quiet or not _interactive() and bool(os.environ.get("CI")),
+    )
     return 0
 
 

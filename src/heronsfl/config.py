@@ -91,7 +91,9 @@ class DataConfig:
 
     root: str = _f("data", "directory holding the dataset (e.g. ../shared/data)")
     download: bool = _f(False, "download the official files into root when they are missing")
-    cache_dir: str = _f("", "where decoded images are cached; empty = $XDG_CACHE_HOME/heronsfl or ~/.cache/heronsfl")
+    cache_dir: str = _f(
+        "", "where decoded images are cached; empty = $XDG_CACHE_HOME/heronsfl or ~/.cache/heronsfl"
+    )
     partition: str = _f("iid", "how training data is split across clients (see `heronsfl ls`)")
     augment: bool = _f(True, "random crop + horizontal flip on image tasks that use it")
     train_subset: int = _f(0, "use only the first N shuffled training samples (0 = all)")
@@ -221,7 +223,9 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
 def parse_override(text: str) -> tuple[list[str], str]:
     """`a.b=value` -> (["a", "b"], "value")."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key=value, e.g. rounds=2 or zo.mu=1e-3")
+        raise ConfigError(
+            f"override {text!r} must look like key=value, e.g. rounds=2 or zo.mu=1e-3"
+        )
     key, value = text.split("=", 1)
     path = [p for p in key.strip().split(".") if p]
     if not path:
@@ -293,9 +297,7 @@ def validate(cfg: RunConfig) -> list[str]:
             p.append(f"{path} = {value} must be > 0")
 
     if cfg.algorithm not in ALGORITHMS:
-        p.append(
-            f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}"
-        )
+        p.append(f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
     if cfg.task not in TASKS:
         p.append(f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}")
     elif cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:
@@ -356,7 +358,11 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else f"{'-' if v < 0 else ''}inf")
+        return (
+            repr(v)
+            if math.isfinite(v)
+            else ("nan" if math.isnan(v) else f"{'-' if v < 0 else ''}inf")
+        )
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     raise TypeError(f"cannot write {v!r} to TOML")  # internal: config fields are scalars

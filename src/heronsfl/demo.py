@@ -34,7 +34,8 @@ def format_comparison(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['algorithm']:<10} | {f['test/accuracy']:>8.4f} | "
             f"{'-' if aux is None else f'{aux:.4f}':>7} | {f['comm/uplink_bytes'] / 1e6:>9.2f} | "
-            f"{f['comm/downlink_bytes'] / 1e6:>11.2f} | {f['client/peak_mem_bytes'] / 1e3:>18.1f} | "
+            f"{f['comm/downlink_bytes'] / 1e6:>11.2f} | "
+            f"{f['client/peak_mem_bytes'] / 1e3:>18.1f} | "
             f"{f['client/macs_per_step'] / 1e6:>20.3f} | {r['wall_s']:>6.1f} |"
         )
     return "\n".join(lines)
@@ -46,7 +47,9 @@ def run_demo(out: Path, rounds: int | None = None, quiet: bool = False) -> list[
     for name in DEMO_ALGORITHMS:
         cfg = load_config(DEMO_PRESET, [f"algorithm={name}", *overrides])
         if not quiet:
-            log.info("demo: %s on %s, %d rounds, %d clients", name, cfg.task, cfg.rounds, cfg.clients)
+            log.info(
+                "demo: %s on %s, %d rounds, %d clients", name, cfg.task, cfg.rounds, cfg.clients
+            )
         rows.append(run_experiment(cfg, out / name, overwrite=True))
     table = format_comparison(rows)
     (out / "comparison.md").write_text(table + "\n")

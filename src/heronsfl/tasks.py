@@ -49,7 +49,9 @@ class Task:
     normalize: Normalize
     augment: bool  # random crop + flip (natural images), off for digits
 
-    def preprocess(self, x: Tensor, train: bool, augment: bool, gen: torch.Generator | None) -> Tensor:
+    def preprocess(
+        self, x: Tensor, train: bool, augment: bool, gen: torch.Generator | None
+    ) -> Tensor:
         """uint8 batch -> normalized float batch, augmented when training."""
         if train and augment and self.augment:
             assert gen is not None, "augmentation needs the client's generator"

@@ -17,16 +17,29 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def test_run_writes_config_metrics_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_writes_config_metrics_and_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Execute
-    code, _, err = _run(capsys, "run", *TINY, "algorithm=cse-fsl", "--out", str(tmp_path / "r"), "-q")
+    code, _, err = _run(
+        capsys, "run", *TINY, "algorithm=cse-fsl", "--out", str(tmp_path / "r"), "-q"
+    )
     # Assert
     assert code == 0, err
     run = tmp_path / "r"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2]
-    for key in ["round", "test/accuracy", "test/loss", "comm/uplink_bytes", "comm/downlink_bytes",
-                "client/peak_mem_bytes", "client/macs_per_step", "wall_s", "aux/accuracy"]:
+    for key in [
+        "round",
+        "test/accuracy",
+        "test/loss",
+        "comm/uplink_bytes",
+        "comm/downlink_bytes",
+        "client/peak_mem_bytes",
+        "client/macs_per_step",
+        "wall_s",
+        "aux/accuracy",
+    ]:
         assert key in records[-1], key
     assert records[1]["comm/uplink_bytes"] > records[0]["comm/uplink_bytes"]  # cumulative
     summary = json.loads((run / "summary.json").read_text())
@@ -37,7 +50,9 @@ def test_run_writes_config_metrics_and_summary(tmp_path: Path, capsys: pytest.Ca
     assert load_config(run / "config.toml") == load_config(None, [*TINY, "algorithm=cse-fsl"])
 
 
-def test_run_refuses_to_overwrite_a_completed_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_refuses_to_overwrite_a_completed_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["run", *TINY, "rounds=1", "--out", str(tmp_path), "-q"]
     assert _run(capsys, *args)[0] == 0
     code, _, err = _run(capsys, *args)
@@ -70,30 +85,55 @@ def test_bad_input_is_one_clear_line_and_leaves_no_summary(
     assert not (tmp_path / "r" / "summary.json").exists()
 
 
-def test_missing_data_offline_names_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_data_offline_names_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _run(
-        capsys, "run", "task=resnet18-cifar10", f"data.root={tmp_path / 'nowhere'}", "rounds=1",
-        "--out", str(tmp_path / "r"), "-q",
+        capsys,
+        "run",
+        "task=resnet18-cifar10",
+        f"data.root={tmp_path / 'nowhere'}",
+        "rounds=1",
+        "--out",
+        str(tmp_path / "r"),
+        "-q",
     )
     assert code == 2 and "data.root" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "summary.json").exists()
 
 
-def test_corrupt_data_file_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_data_file_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "cifar10").mkdir()
     (tmp_path / "cifar10" / "train.zip").write_bytes(b"not a zip at all" * 100)
     code, _, err = _run(
-        capsys, "run", "task=resnet18-cifar10", f"data.root={tmp_path}", "rounds=1",
-        "--out", str(tmp_path / "r"), "-q",
+        capsys,
+        "run",
+        "task=resnet18-cifar10",
+        f"data.root={tmp_path}",
+        "rounds=1",
+        "--out",
+        str(tmp_path / "r"),
+        "-q",
     )
     assert code == 2 and "train.zip" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "summary.json").exists()
 
 
-def test_nan_loss_stops_the_run_without_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nan_loss_stops_the_run_without_a_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _run(
-        capsys, "run", *TINY, "algorithm=cse-fsl", "client_optim.name=sgd", "client_optim.lr=1e30",
-        "--out", str(tmp_path / "r"), "-q",
+        capsys,
+        "run",
+        *TINY,
+        "algorithm=cse-fsl",
+        "client_optim.name=sgd",
+        "client_optim.lr=1e30",
+        "--out",
+        str(tmp_path / "r"),
+        "-q",
     )
     assert code == 2 and "loss is" in err and "client_optim.lr" in err
     assert len(err.strip().splitlines()) == 1
@@ -101,12 +141,19 @@ def test_nan_loss_stops_the_run_without_a_summary(tmp_path: Path, capsys: pytest
     assert not (tmp_path / "r" / "summary.json").exists()
 
 
-def test_validate_reports_every_problem_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_reports_every_problem_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text('algorithm = "nope"\nrounds = 0\n[train]\nbatch_size = -1\nlocal_step = 3\n')
     code, _, err = _run(capsys, "validate", str(cfg))
     assert code == 2
-    for fragment in ["unknown algorithm", "rounds = 0", "train.batch_size = -1", "'train.local_step'"]:
+    for fragment in [
+        "unknown algorithm",
+        "rounds = 0",
+        "train.batch_size = -1",
+        "'train.local_step'",
+    ]:
         assert fragment in err
     assert "4 config problems" in err
 

@@ -46,9 +46,14 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
     uploads_per_client = h if algo.sends_gradients else h // k
     p = rounds * clients * uploads_per_client * B
     mods = [sim.model.client] + ([sim.model.aux] if algo.uses_aux_head else [])
-    model_elems = sum(t.numel() for m in mods for t in m.state_dict().values() if t.is_floating_point())
+    model_elems = sum(
+        t.numel() for m in mods for t in m.state_dict().values() if t.is_floating_point()
+    )
     int_bytes = sum(
-        t.numel() * t.element_size() for m in mods for t in m.state_dict().values() if not t.is_floating_point()
+        t.numel() * t.element_size()
+        for m in mods
+        for t in m.state_dict().values()
+        if not t.is_floating_point()
     )
     model_bytes = rounds * clients * (2 * model_elems + 0) * 2 + rounds * clients * 2 * int_bytes
     last = records[-1]
@@ -58,9 +63,10 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
     assert last["comm/up_model_bytes"] + last["comm/down_model_bytes"] == model_bytes
     grads = p * q * 2 if algo.sends_gradients else 0
     assert last.get("comm/down_gradients_bytes", 0) == grads
-    assert last["comm/uplink_bytes"] + last["comm/downlink_bytes"] == p * q * 2 * (
-        2 if algo.sends_gradients else 1
-    ) + p * 8 + model_bytes
+    assert (
+        last["comm/uplink_bytes"] + last["comm/downlink_bytes"]
+        == p * q * 2 * (2 if algo.sends_gradients else 1) + p * 8 + model_bytes
+    )
     if algo.uses_aux_head:
         assert count_params(sim.model.aux) > 0
 
@@ -68,8 +74,14 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_every_algorithm_learns_digits_better_than_chance(algorithm: str) -> None:
     # 10 classes: chance is 0.10; a split model that learns at all passes 0.5 within 3 rounds.
-    _, records = _run(f"algorithm={algorithm}", "rounds=3", "model.width=8", "train.local_steps=15",
-                      "client_optim.lr=1e-3", "server_optim.lr=1e-3")
+    _, records = _run(
+        f"algorithm={algorithm}",
+        "rounds=3",
+        "model.width=8",
+        "train.local_steps=15",
+        "client_optim.lr=1e-3",
+        "server_optim.lr=1e-3",
+    )
     assert records[-1]["test/accuracy"] > 0.5, records[-1]
 
 

@@ -24,7 +24,9 @@ def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[
 PARTITIONERS: dict[str, Partitioner] = {"iid": iid}
 
 
-def partition(name: str, labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+def partition(
+    name: str, labels: np.ndarray, num_clients: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Split indices of `labels` across clients; every client must get at least one sample."""
     if name not in PARTITIONERS:
         raise ValueError(f"unknown partition {name!r}; known: {', '.join(sorted(PARTITIONERS))}")

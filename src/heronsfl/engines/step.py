@@ -27,12 +27,13 @@ class StepCost:
 
 
 def local_step(
-    algo: SplitAlgorithm, c: ClientState, batch: Batch, server: ServerState
+    algo: SplitAlgorithm, c: ClientState, batch: Batch, server: ServerState | None
 ) -> tuple[Upload | None, Download | None]:
+    """One step; `server` is needed (and called) only by synchronous algorithms."""
     up = algo.client_step(c, batch)
     down = None
     if algo.sends_gradients:
-        assert up is not None, "a synchronous client uploads every step"
+        assert up is not None and server is not None, "a synchronous step needs the server"
         down = algo.server_step(server, up)
         assert down is not None, "a synchronous server answers every upload"
         algo.client_apply(c, down)
@@ -40,7 +41,7 @@ def local_step(
 
 
 def measure_local_step(
-    algo: SplitAlgorithm, c: ClientState, batch: Batch, server: ServerState
+    algo: SplitAlgorithm, c: ClientState, batch: Batch, server: ServerState | None
 ) -> tuple[Upload | None, Download | None, StepCost]:
     """`local_step` under a live-tensor peak-memory tracker and a FLOP counter (client parts)."""
     tracker = PeakMemoryTracker()
@@ -55,7 +56,7 @@ def measure_local_step(
             up = algo.client_step(c, batch)
         flops += fc.get_total_flops()
         if algo.sends_gradients:
-            assert up is not None, "a synchronous client uploads every step"
+            assert up is not None and server is not None, "a synchronous step needs the server"
             with tracker.paused():
                 down = algo.server_step(server, up)
             assert down is not None, "a synchronous server answers every upload"

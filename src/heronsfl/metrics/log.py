@@ -32,7 +32,8 @@ class RunWriter:
         self.dir = Path(out_dir)
         if (self.dir / SUMMARY_FILE).exists() and not overwrite:
             raise UserError(
-                f"{self.dir} already holds a completed run; choose another --out or pass --overwrite"
+                f"{self.dir} already holds a completed run; "
+                "choose another --out or pass --overwrite"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / SUMMARY_FILE).unlink(missing_ok=True)

@@ -39,11 +39,15 @@ class BasicBlock(nn.Module):
         return F.relu(out, inplace=True)
 
 
-def resnet18_stages(num_classes: int = 10, width: int = 64, in_channels: int = 3) -> OrderedDict[str, nn.Module]:
+def resnet18_stages(
+    num_classes: int = 10, width: int = 64, in_channels: int = 3
+) -> OrderedDict[str, nn.Module]:
     """Named stages of ResNet-18; stage names are the allowed cut points (all but the head)."""
     stages: OrderedDict[str, nn.Module] = OrderedDict()
     stages["stem"] = nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(inplace=True),
     )
     c_in = width
     for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 
 @dataclass
@@ -58,10 +58,12 @@ def build_aux_head(kind: str, cut_shape: tuple[int, ...], num_classes: int) -> n
     """The client's auxiliary classifier after the cut.
 
     linear: Flatten + Linear(prod(cut_shape), classes), the paper's head (65536 -> 10 on ResNet-18).
-    conv:   3x3 stride-2 conv + BN + ReLU + global pool + Linear: far fewer parameters for large cuts.
+    conv:   3x3 stride-2 conv + BN + ReLU + global pool + Linear: few parameters for large cuts.
     """
     if kind == "linear":
-        return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(cut_shape).prod()), num_classes))
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(int(torch.tensor(cut_shape).prod()), num_classes)
+        )
     if kind == "conv":
         c = cut_shape[0]
         return nn.Sequential(

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 Distribution = Literal["gaussian", "sphere"]
 
 
-def _directions(params: Sequence[Tensor], seed: int, distribution: Distribution) -> Iterator[tuple[Tensor, Tensor]]:
+def _directions(
+    params: Sequence[Tensor], seed: int, distribution: Distribution
+) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (param, u_param) with u ~ N(0, I), or u uniform on the sphere of radius sqrt(d)."""
     device = params[0].device
     scale = 1.0
@@ -38,7 +40,9 @@ def _directions(params: Sequence[Tensor], seed: int, distribution: Distribution)
 
 
 @torch.no_grad()
-def perturb_(params: Sequence[Tensor], seed: int, alpha: float, distribution: Distribution = "gaussian") -> None:
+def perturb_(
+    params: Sequence[Tensor], seed: int, alpha: float, distribution: Distribution = "gaussian"
+) -> None:
     """theta += alpha * u(seed), in place.
 
     Restoring with alpha -> -alpha regenerates the same u. In fp32 the round trip
@@ -51,7 +55,9 @@ def perturb_(params: Sequence[Tensor], seed: int, alpha: float, distribution: Di
 
 
 @torch.no_grad()
-def accumulate_grad_(params: Sequence[Tensor], seed: int, coeff: float, distribution: Distribution = "gaussian") -> None:
+def accumulate_grad_(
+    params: Sequence[Tensor], seed: int, coeff: float, distribution: Distribution = "gaussian"
+) -> None:
     """p.grad += coeff * u(seed): feeds the ZO estimate g*u to a first-order optimizer (Adam)."""
     for p, u in _directions(params, seed, distribution):
         if p.grad is None:
