@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import ClientState, ServerState, make_optimizer
 from heronsfl.config import RunConfig, with_overrides
@@ -53,13 +51,8 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     server = ServerState(model.server, make_optimizer(model.server.parameters(), cfg.server_optim))
     c = ClientState(0, 1, model.client, model.aux, None)
     c.optimizer = algo.new_client_optimizer(c)
-    g = generator(cfg.seed, "bench")
-    B = cfg.train.batch_size
-    x = torch.randint(0, 256, (B, *task.input_shape), generator=g, dtype=torch.uint8)
-    batch = Batch(
-        task.normalize(x).to(device),
-        torch.randint(0, task.num_classes, (B,), generator=g).to(device),
-    )
+    x, y = task.random_batch(cfg.train.batch_size, generator(cfg.seed, "bench"))
+    batch = Batch(x.to(device), y.to(device))
     c.step = 0
     local_step(algo, c, batch, server)  # warm-up: optimizer state now exists
     c.step = 1
@@ -83,7 +76,7 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         "algorithm": cfg.algorithm,
         "task": cfg.task,
         "device": device.type,
-        "batch_size": B,
+        "batch_size": cfg.train.batch_size,
         "cut": model.cut,
         "cut_shape": list(model.cut_shape),
         "client_params": count_params(model.client),

@@ -161,6 +161,30 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose module parses its own arguments: `heronsfl NAME ARGS...` -> module.main(ARGS).
+PASSTHROUGH = {
+    "report": ("heronsfl.report", "plot and tabulate finished runs"),
+    "sweep": ("heronsfl.sweep", "run a grid of configs into one folder"),
+    "deploy": ("heronsfl.engines.flower.deploy", "run on Flower: SuperLink + SuperNodes"),
+}
+
+
+def cmd_passthrough(ns: argparse.Namespace) -> int:
+    import importlib
+
+    name = PASSTHROUGH[ns.command][0]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and not e.name.startswith("heronsfl"):
+            extra = {"deploy": "flower", "report": "report"}.get(ns.command, "all")
+            raise UserError(
+                f"heronsfl {ns.command} needs {e.name!r}: pip install -e '.[{extra}]'"
+            ) from None
+        raise
+    return int(module.main(ns.rest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="heronsfl", description="Split federated learning with lean zeroth-order clients."
@@ -201,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=None, help="override the demo's rounds")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(fn=cmd_demo)
+
+    for name, (_, help_text) in PASSTHROUGH.items():
+        extra = sub.add_parser(name, help=help_text, add_help=False)
+        extra.add_argument("rest", nargs=argparse.REMAINDER)
+        extra.set_defaults(fn=cmd_passthrough)
     return p
 
 

@@ -39,6 +39,12 @@ class TrainConfig:
         "order in which the main server consumes uploads: interleaved across clients, "
         "or all of one client's uploads before the next client's",
     )
+    clients_per_round: int = _f(
+        0, "partial participation: clients sampled (seeded) each round; 0 = use client_fraction"
+    )
+    client_fraction: float = _f(
+        1.0, "partial participation: fraction of clients sampled each round (when count is 0)"
+    )
     aggregation: Literal["uniform", "data-size"] = _f(
         "uniform", "Fed-Server weights: 1/N (paper Eq. 8) or proportional to client data size"
     )
@@ -95,6 +101,8 @@ class DataConfig:
         "", "where decoded images are cached; empty = $XDG_CACHE_HOME/heronsfl or ~/.cache/heronsfl"
     )
     partition: str = _f("iid", "how training data is split across clients (see `heronsfl ls`)")
+    alpha: float = _f(0.5, "Dirichlet concentration for dirichlet partitions (small = skewed)")
+    shards_per_client: int = _f(2, "label-sorted shards per client for the shards partition")
     augment: bool = _f(True, "random crop + horizontal flip on image tasks that use it")
     train_subset: int = _f(0, "use only the first N shuffled training samples (0 = all)")
     test_subset: int = _f(0, "evaluate on only the first N test samples (0 = all)")
@@ -324,6 +332,17 @@ def validate(cfg: RunConfig) -> list[str]:
         ("server_optim.lr", cfg.server_optim.lr),
     ]:
         positive(path, value)
+    if not 0 < t.client_fraction <= 1:
+        p.append(f"train.client_fraction = {t.client_fraction} must be in (0, 1]")
+    if t.clients_per_round > cfg.clients:
+        p.append(
+            f"train.clients_per_round = {t.clients_per_round} > clients = {cfg.clients}; "
+            "sample at most all clients"
+        )
+    if not cfg.data.alpha > 0:
+        p.append(f"data.alpha = {cfg.data.alpha} must be > 0")
+    if cfg.data.shards_per_client < 1:
+        p.append(f"data.shards_per_client = {cfg.data.shards_per_client} must be >= 1")
     if t.upload_every > t.local_steps > 0:
         p.append(
             f"train.upload_every (k = {t.upload_every}) > train.local_steps (h = {t.local_steps}): "
@@ -331,6 +350,7 @@ def validate(cfg: RunConfig) -> list[str]:
         )
     for path, value in [
         ("seed", cfg.seed),
+        ("train.clients_per_round", t.clients_per_round),
         ("data.train_subset", cfg.data.train_subset),
         ("data.test_subset", cfg.data.test_subset),
         ("data.synthetic", cfg.data.synthetic),

@@ -46,8 +46,20 @@ class Task:
     input_shape: tuple[int, ...]  # one sample, (C, H, W)
     num_classes: int
     load: Callable[[RunConfig, Split], ArrayDataset]
-    normalize: Normalize
+    normalize: Normalize | None  # uint8 images -> normalized floats; None: inputs pass as they are
     augment: bool  # random crop + flip (natural images), off for digits
+    # Tasks whose network is not a list of stages (e.g. a Hugging Face LM) build it themselves.
+    build: Callable[[RunConfig, bool], SplitModel] | None = None
+    # Tasks whose inputs are not uint8 images (token ids) draw their own random batches.
+    random_inputs: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
+
+    def random_batch(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Random model inputs and targets of the task's shapes: costs do not depend on values."""
+        if self.random_inputs is not None:
+            return self.random_inputs(n, gen)
+        x = torch.randint(0, 256, (n, *self.input_shape), generator=gen, dtype=torch.uint8)
+        y = torch.randint(0, self.num_classes, (n,), generator=gen)
+        return self.preprocess(x, False, False, None), y
 
     def preprocess(
         self, x: Tensor, train: bool, augment: bool, gen: torch.Generator | None
@@ -56,7 +68,7 @@ class Task:
         if train and augment and self.augment:
             assert gen is not None, "augmentation needs the client's generator"
             x = augment_crop_flip(x, gen)
-        return self.normalize(x)
+        return x if self.normalize is None else self.normalize(x)
 
 
 def _cache_dir(cfg: RunConfig) -> Path:
@@ -119,6 +131,8 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True) -> SplitModel:
     never disturbs the caller's random state and the same seed always gives the same weights.
     """
     task = get_task(cfg.task)
+    if task.build is not None:
+        return task.build(cfg, with_aux)
     cut = cfg.model.cut or task.paper_cut
     width = cfg.model.width or task.default_width
     with torch.random.fork_rng(devices=[]):

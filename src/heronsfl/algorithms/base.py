@@ -28,6 +28,18 @@ from heronsfl.errors import DivergedError
 from heronsfl.messages import Batch, Download, Upload
 
 WIRE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+IGNORE_INDEX = -100  # targets that carry no loss (padding, a language model's prompt tokens)
+
+
+def task_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy at every position that has a target.
+
+    Classification: logits (B, K), targets (B,). Language modelling: logits (B, T, V), targets
+    (B, T) already shifted to the next token, IGNORE_INDEX where there is nothing to predict.
+    """
+    return F.cross_entropy(
+        logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction
+    )
 
 
 @dataclass
@@ -123,7 +135,7 @@ class SplitAlgorithm(ABC):
         labels = up.labels.to(device)
         if self.sends_gradients:
             acts.requires_grad_(True)
-        loss = F.cross_entropy(s.model(acts), labels)
+        loss = task_loss(s.model(acts), labels)
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         s.optimizer.step()

@@ -39,9 +39,8 @@ import contextlib
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, task_loss
 from heronsfl.messages import Batch, Upload
 from heronsfl.rng import derive_seed
 from heronsfl.zo.perturb import accumulate_grad_, dropout_off, frozen_batchnorm_stats, perturb_
@@ -66,7 +65,7 @@ class HeronSFL(SplitAlgorithm):
 
     def _loss(self, c: ClientState, x: torch.Tensor, y: torch.Tensor) -> float:
         assert c.aux is not None, "HERON-SFL needs the aux head"
-        return F.cross_entropy(c.aux(c.model(x)), y).item()  # host sync: the ZO scalar
+        return task_loss(c.aux(c.model(x)), y).item()  # host sync: the ZO scalar
 
     @torch.no_grad()
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
@@ -99,7 +98,7 @@ class HeronSFL(SplitAlgorithm):
                 acts = c.model(x)  # (B, *cut_shape); updates BN running statistics once
                 if zo.estimator == "one-sided":
                     assert c.aux is not None, "HERON-SFL needs the aux head"
-                    loss0 = F.cross_entropy(c.aux(acts), y).item()  # host sync
+                    loss0 = task_loss(c.aux(acts), y).item()  # host sync
                 if uploads:
                     upload = self._upload(c, acts, y)
                 del acts

@@ -26,12 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heronsfl.aggregation import WeightedAverage, to_wire
 from heronsfl.algorithms import get_algorithm
-from heronsfl.algorithms.base import ServerState, SplitAlgorithm, make_optimizer
+from heronsfl.algorithms.base import (
+    IGNORE_INDEX,
+    ServerState,
+    SplitAlgorithm,
+    make_optimizer,
+    task_loss,
+)
 from heronsfl.config import RunConfig
 from heronsfl.data.partition import partition
 from heronsfl.engines.client import ClientRun, load_prefixed, prefixed_state
@@ -73,6 +78,7 @@ class Simulation:
             self.train_set.y.numpy(),
             cfg.clients,
             numpy_rng(cfg.seed, "partition"),
+            cfg.data,
         )
         self.server = ServerState(
             self.model.server, make_optimizer(self.model.server.parameters(), cfg.server_optim)
@@ -120,6 +126,16 @@ class Simulation:
             measure=measure,
         )
 
+    def participants(self) -> list[int]:
+        """This round's clients: all, or a seeded sample (train.clients_per_round or
+        train.client_fraction), the same in every engine."""
+        t, n = self.cfg.train, self.cfg.clients
+        count = t.clients_per_round or max(1, round(t.client_fraction * n))
+        if count >= n:
+            return list(range(n))
+        rng = numpy_rng(self.cfg.seed, "participation", self.round)
+        return sorted(rng.choice(n, size=count, replace=False).tolist())
+
     def consume(self, up: Upload) -> None:
         """The main server's step on one upload (decoupled algorithms)."""
         self.algo.server_step(self.server, up)
@@ -127,7 +143,7 @@ class Simulation:
     def run_round(self) -> dict[str, Any]:
         cfg = self.cfg
         wire_state = self.begin_round()
-        clients = list(range(cfg.clients))
+        clients = self.participants()
 
         def runs(order: list[int]) -> Iterator[ClientRun]:
             # Lazy: under sequential orders only one client's modules exist at a time.
@@ -136,7 +152,10 @@ class Simulation:
 
         done: list[ClientRun] = []
         if self.algo.sends_gradients:  # SFLV2: turns in a seeded random order, inline answers
-            order = numpy_rng(cfg.seed, "order", self.round).permutation(clients).tolist()
+            order = [
+                clients[i]
+                for i in numpy_rng(cfg.seed, "order", self.round).permutation(len(clients))
+            ]
             for run in runs(order):
                 for _ in run:
                     pass
@@ -200,20 +219,22 @@ class Simulation:
         for m in (self.model.client, self.model.server, self.model.aux):
             if m is not None:
                 m.eval()
-        correct = aux_correct = 0
+        correct = aux_correct = counted = 0
         loss_sum = 0.0
-        n = len(self.test_set)
         bs = self.cfg.train.eval_batch_size
-        for start in range(0, n, bs):
+        for start in range(0, len(self.test_set), bs):
             x = self.task.preprocess(self.test_set.x[start : start + bs], False, False, None)
             y = self.test_set.y[start : start + bs].to(self.device)
             acts = self.model.client(x.to(self.device))  # (B, *cut_shape)
-            logits = self.model.server(acts)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))  # host sync per batch
-            correct += int((logits.argmax(1) == y).sum())
+            logits = self.model.server(acts)  # (B, K) or (B, T, V)
+            valid = y != IGNORE_INDEX  # every sample of a classifier, the target tokens of an LM
+            counted += int(valid.sum())  # host syncs: once per eval batch
+            loss_sum += float(task_loss(logits, y, reduction="sum"))
+            correct += int(((logits.argmax(-1) == y) & valid).sum())
             if has_aux:
                 assert self.model.aux is not None, "has_aux implies an aux head"
-                aux_correct += int((self.model.aux(acts).argmax(1) == y).sum())
+                aux_correct += int(((self.model.aux(acts).argmax(-1) == y) & valid).sum())
+        n = max(counted, 1)
         return EvalResult(correct / n, loss_sum / n, aux_correct / n if has_aux else None)
 
     def run(self, on_round: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
