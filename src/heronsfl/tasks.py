@@ -50,6 +50,7 @@ class Task:
     augment: bool  # random crop + flip (natural images), off for digits
     # Tasks whose network is not a list of stages (e.g. a Hugging Face LM) build it themselves.
     build: Callable[[RunConfig, bool], SplitModel] | None = None
+    reports_perplexity: bool = False  # language models: test/perplexity = exp(test/loss)
     # Tasks whose inputs are not uint8 images (token ids) draw their own random batches.
     random_inputs: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
 
@@ -144,19 +145,15 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True) -> SplitModel:
     return SplitModel(client=client, server=server, aux=aux, cut=cut, cut_shape=cut_shape)
 
 
-def load_datasets(cfg: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train, test) for the task, honouring data.synthetic and the subset knobs."""
+def load_datasets(cfg: RunConfig, split: Split) -> ArrayDataset:
+    """The task's `split`, honouring data.synthetic and the subset knobs."""
     task = get_task(cfg.task)
     if cfg.data.synthetic:
-        return _synthetic(task, cfg.data.synthetic, cfg.seed, "train"), _synthetic(
-            task, max(cfg.data.synthetic // 4, 1), cfg.seed, "test"
-        )
-    train, test = task.load(cfg, "train"), task.load(cfg, "test")
-    if cfg.data.train_subset:
-        train = _subset(train, cfg.data.train_subset, derive_seed(cfg.seed, "subset", "train"))
-    if cfg.data.test_subset:
-        test = _subset(test, cfg.data.test_subset, derive_seed(cfg.seed, "subset", "test"))
-    return train, test
+        n = cfg.data.synthetic if split == "train" else max(cfg.data.synthetic // 4, 1)
+        return _synthetic(task, n, cfg.seed, split)
+    ds = task.load(cfg, split)
+    limit = cfg.data.train_subset if split == "train" else cfg.data.test_subset
+    return _subset(ds, limit, derive_seed(cfg.seed, "subset", split)) if limit else ds
 
 
 def _subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:

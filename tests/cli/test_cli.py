@@ -106,7 +106,8 @@ def test_corrupt_data_file_names_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "cifar10").mkdir()
-    (tmp_path / "cifar10" / "train.zip").write_bytes(b"not a zip at all" * 100)
+    for split in ("train", "test"):
+        (tmp_path / "cifar10" / f"{split}.zip").write_bytes(b"not a zip at all" * 100)
     code, _, err = _run(
         capsys,
         "run",
@@ -117,7 +118,7 @@ def test_corrupt_data_file_names_the_file(
         str(tmp_path / "r"),
         "-q",
     )
-    assert code == 2 and "train.zip" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "cifar10/test.zip" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r" / "summary.json").exists()
 
 

@@ -20,11 +20,13 @@ A networked engine reuses `begin_round`, `consume` and `end_round` as they are.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +40,7 @@ from heronsfl.algorithms.base import (
     task_loss,
 )
 from heronsfl.config import RunConfig
+from heronsfl.data.datasets import ArrayDataset
 from heronsfl.data.partition import partition
 from heronsfl.engines.client import ClientRun, load_prefixed, prefixed_state
 from heronsfl.engines.step import StepCost
@@ -63,6 +66,15 @@ class EvalResult:
     aux_accuracy: float | None
 
 
+def client_partitions(cfg: RunConfig, train_set: ArrayDataset) -> list[np.ndarray]:
+    """Every client's sample indices into the training set."""
+    labels = train_set.y.numpy()
+    if labels.ndim > 1:  # token targets: partitions are over samples, labels do not apply
+        labels = np.zeros(len(train_set), dtype=np.int64)
+    rng = numpy_rng(cfg.seed, "partition")
+    return partition(cfg.data.partition, labels, cfg.clients, rng, cfg.data)
+
+
 class Simulation:
     """Runs `cfg` round by round; `run_round()` returns one metrics record."""
 
@@ -72,14 +84,9 @@ class Simulation:
         self.task = get_task(cfg.task)
         self.algo: SplitAlgorithm = get_algorithm(cfg.algorithm)(cfg)
         self.model = build_split_model(cfg, with_aux=self.algo.uses_aux_head).to(self.device)
-        self.train_set, self.test_set = load_datasets(cfg)
-        self.parts = partition(
-            cfg.data.partition,
-            self.train_set.y.numpy(),
-            cfg.clients,
-            numpy_rng(cfg.seed, "partition"),
-            cfg.data,
-        )
+        self.test_set = load_datasets(cfg, "test")
+        self._train_set: ArrayDataset | None = None
+        self._parts: list[np.ndarray] | None = None
         self.server = ServerState(
             self.model.server, make_optimizer(self.model.server.parameters(), cfg.server_optim)
         )
@@ -92,6 +99,20 @@ class Simulation:
         self.round = 0
         self._t0 = 0.0
         self._server_losses_before = 0
+
+    # Training data is loaded on first use: a networked server never touches it.
+    @property
+    def train_set(self) -> ArrayDataset:
+        if self._train_set is None:
+            self._train_set = load_datasets(self.cfg, "train")
+        return self._train_set
+
+    @property
+    def parts(self) -> list[np.ndarray]:
+        """Each client's training-sample indices (seeded; the same in every engine)."""
+        if self._parts is None:
+            self._parts = client_partitions(self.cfg, self.train_set)
+        return self._parts
 
     def averaged(self) -> dict[str, nn.Module]:
         """The template modules whose state the Fed-Server averages (prefix -> module)."""
@@ -196,6 +217,8 @@ class Simulation:
             ev = self.evaluate()
             record["test/accuracy"] = ev.accuracy
             record["test/loss"] = ev.loss
+            if self.task.reports_perplexity:
+                record["test/perplexity"] = math.exp(min(ev.loss, 50.0))
             if ev.aux_accuracy is not None:
                 record["aux/accuracy"] = ev.aux_accuracy
         if client_losses:
