@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
-from heronsfl.algorithms.base import ClientState, ServerState, make_optimizer
+from heronsfl.algorithms.base import ClientState
 from heronsfl.config import RunConfig, with_overrides
-from heronsfl.engines.simulation import resolve_device
+from heronsfl.engines.simulation import new_server_state, resolve_device
 from heronsfl.engines.step import local_step, measure_local_step
 from heronsfl.messages import Batch
 from heronsfl.metrics.memory import cuda_peak_bytes
@@ -45,10 +45,11 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     task = get_task(cfg.task)
     algo = get_algorithm(cfg.algorithm)(cfg)
-    model = build_split_model(cfg, with_aux=algo.uses_aux_head).to(device)
+    model = build_split_model(cfg, with_aux=algo.uses_aux_head, whole=algo.trains_whole_model)
+    model.to(device)
     # On CUDA the allocator's peak would include the server's step: keep the server on the CPU.
     model.server.to("cpu")
-    server = ServerState(model.server, make_optimizer(model.server.parameters(), cfg.server_optim))
+    server = new_server_state(model.server, cfg)
     c = ClientState(0, 1, model.client, model.aux, None)
     c.optimizer = algo.new_client_optimizer(c)
     x, y = task.random_batch(cfg.train.batch_size, generator(cfg.seed, "bench"))

@@ -89,6 +89,11 @@ class ModelConfig:
         "linear", "aux head after the cut: Flatten+Linear (paper), or a small conv head"
     )
     width: int = _f(0, "base channel width; 0 = the task's standard width (64 for ResNet-18)")
+    freeze_client: bool = _f(
+        False,
+        "control run: the client sub-model keeps its initial weights, only aux head and server "
+        "learn (algorithms with an aux head)",
+    )
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,12 @@ def validate(cfg: RunConfig) -> list[str]:
 
     if cfg.algorithm not in ALGORITHMS:
         p.append(f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
+    if cfg.model.freeze_client and cfg.algorithm in ALGORITHMS:
+        if not ALGORITHMS[cfg.algorithm].uses_aux_head:
+            p.append(
+                f"model.freeze_client needs an algorithm with an aux head, not {cfg.algorithm!r}; "
+                "use heron-sfl or cse-fsl"
+            )
     if cfg.task not in TASKS:
         p.append(f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}")
     elif cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:

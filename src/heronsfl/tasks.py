@@ -25,6 +25,7 @@ from heronsfl.data.datasets import (
     load_cifar10,
     load_digits,
 )
+from heronsfl.errors import ConfigError
 from heronsfl.models.cnn import DIGITS_CUTS, digits_cnn_stages
 from heronsfl.models.resnet import RESNET18_CUTS, resnet18_stages
 from heronsfl.models.split import SplitModel, build_aux_head, split_stages
@@ -125,7 +126,7 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def build_split_model(cfg: RunConfig, with_aux: bool = True) -> SplitModel:
+def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False) -> SplitModel:
     """The task's network cut at cfg.model.cut, initialised from the run seed.
 
     Initialisation draws from a forked global RNG seeded from the seed tree, so building a model
@@ -133,16 +134,24 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True) -> SplitModel:
     """
     task = get_task(cfg.task)
     if task.build is not None:
-        return task.build(cfg, with_aux)
-    cut = cfg.model.cut or task.paper_cut
-    width = cfg.model.width or task.default_width
+        if whole:
+            raise ConfigError(f"task {task.name!r} has no whole-model variant (fedavg, mezo) yet")
+        return _frozen(cfg, task.build(cfg, with_aux))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        client, server, cut_shape = split_stages(
-            task.stages(task.num_classes, width), cut, task.input_shape
-        )
+        stages = task.stages(task.num_classes, cfg.model.width or task.default_width)
+        # Whole-model algorithms (FedAvg, MeZO) cut after the last stage: the client has it all.
+        cut = list(stages)[-1] if whole else (cfg.model.cut or task.paper_cut)
+        client, server, cut_shape = split_stages(stages, cut, task.input_shape)
         aux = build_aux_head(cfg.model.aux, cut_shape, task.num_classes) if with_aux else None
-    return SplitModel(client=client, server=server, aux=aux, cut=cut, cut_shape=cut_shape)
+    return _frozen(cfg, SplitModel(client, server, aux, cut, cut_shape))
+
+
+def _frozen(cfg: RunConfig, model: SplitModel) -> SplitModel:
+    """model.freeze_client: the client sub-model keeps its initial weights (the control run)."""
+    if cfg.model.freeze_client:
+        model.client.requires_grad_(False)
+    return model
 
 
 def load_datasets(cfg: RunConfig, split: Split) -> ArrayDataset:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from heronsfl.algorithms.base import SplitAlgorithm
 from heronsfl.algorithms.cse_fsl import CSEFSL
+from heronsfl.algorithms.fedavg import FedAvg
 from heronsfl.algorithms.heron_sfl import HeronSFL
+from heronsfl.algorithms.mezo import MeZO
 from heronsfl.algorithms.sflv2 import SFLV2
 
 ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
     "heron-sfl": HeronSFL,
     "sflv2": SFLV2,
     "cse-fsl": CSEFSL,
+    "fedavg": FedAvg,
+    "mezo": MeZO,
 }
 
 

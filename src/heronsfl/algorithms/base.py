@@ -9,6 +9,8 @@ same code. How an engine drives it is data on the class:
   and the server consumes uploads on its own schedule.
 - uses_aux_head: the client trains (and the Fed-Server averages) an auxiliary head after the cut.
 - zeroth_order_client: the client never calls backward (HERON-SFL).
+- uploads_activations: False for plain federated learning of the whole model (no main server).
+- trains_whole_model: the client holds the whole network (FedAvg, MeZO); there is no cut.
 """
 
 from __future__ import annotations
@@ -66,12 +68,12 @@ class ServerState:
     """The main server's model and its one persistent optimizer."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None when the server has nothing to train
     losses: list[float] = field(default_factory=list)
 
 
 def make_optimizer(params: Iterable[Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = list(params)
+    params = [p for p in params if p.requires_grad]
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -92,6 +94,8 @@ class SplitAlgorithm(ABC):
     sends_gradients: ClassVar[bool]
     uses_aux_head: ClassVar[bool]
     zeroth_order_client: ClassVar[bool] = False
+    uploads_activations: ClassVar[bool] = True
+    trains_whole_model: ClassVar[bool] = False
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -104,6 +108,8 @@ class SplitAlgorithm(ABC):
 
     def uploads_at(self, step: int) -> bool:
         """Whether local step `step` (0-based) sends activations: every k-th step."""
+        if not self.uploads_activations:
+            return False
         if self.sends_gradients:
             return True
         return (step + 1) % self.cfg.train.upload_every == 0
@@ -136,6 +142,7 @@ class SplitAlgorithm(ABC):
         if self.sends_gradients:
             acts.requires_grad_(True)
         loss = task_loss(s.model(acts), labels)
+        assert s.optimizer is not None, "a server that receives uploads has parameters to train"
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         s.optimizer.step()

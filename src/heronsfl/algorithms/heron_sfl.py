@@ -63,9 +63,13 @@ class HeronSFL(SplitAlgorithm):
         """One seed per (run, round, client, step, probe): anyone holding it can regenerate u."""
         return derive_seed(self.cfg.seed, "zo", c.round, c.client_id, c.step, probe)
 
+    @staticmethod
+    def _head(c: ClientState, acts: torch.Tensor) -> torch.Tensor:
+        """Logits of the local loss: through the aux head, or the model's own output (MeZO)."""
+        return acts if c.aux is None else c.aux(acts)
+
     def _loss(self, c: ClientState, x: torch.Tensor, y: torch.Tensor) -> float:
-        assert c.aux is not None, "HERON-SFL needs the aux head"
-        return task_loss(c.aux(c.model(x)), y).item()  # host sync: the ZO scalar
+        return task_loss(self._head(c, c.model(x)), y).item()  # host sync: the ZO scalar
 
     @torch.no_grad()
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
@@ -97,8 +101,7 @@ class HeronSFL(SplitAlgorithm):
             if unperturbed:
                 acts = c.model(x)  # (B, *cut_shape); updates BN running statistics once
                 if zo.estimator == "one-sided":
-                    assert c.aux is not None, "HERON-SFL needs the aux head"
-                    loss0 = task_loss(c.aux(acts), y).item()  # host sync
+                    loss0 = task_loss(self._head(c, acts), y).item()  # host sync
                 if uploads:
                     upload = self._upload(c, acts, y)
                 del acts

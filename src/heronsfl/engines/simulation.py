@@ -66,6 +66,14 @@ class EvalResult:
     aux_accuracy: float | None
 
 
+def new_server_state(server: nn.Module, cfg: RunConfig) -> ServerState:
+    """The main server and its one persistent optimizer (none if it has nothing to train)."""
+    trainable = any(p.requires_grad for p in server.parameters())
+    return ServerState(
+        server, make_optimizer(server.parameters(), cfg.server_optim) if trainable else None
+    )
+
+
 def client_partitions(cfg: RunConfig, train_set: ArrayDataset) -> list[np.ndarray]:
     """Every client's sample indices into the training set."""
     labels = train_set.y.numpy()
@@ -83,13 +91,13 @@ class Simulation:
         self.device = resolve_device(cfg.device)
         self.task = get_task(cfg.task)
         self.algo: SplitAlgorithm = get_algorithm(cfg.algorithm)(cfg)
-        self.model = build_split_model(cfg, with_aux=self.algo.uses_aux_head).to(self.device)
+        self.model = build_split_model(
+            cfg, with_aux=self.algo.uses_aux_head, whole=self.algo.trains_whole_model
+        ).to(self.device)
         self.test_set = load_datasets(cfg, "test")
         self._train_set: ArrayDataset | None = None
         self._parts: list[np.ndarray] | None = None
-        self.server = ServerState(
-            self.model.server, make_optimizer(self.model.server.parameters(), cfg.server_optim)
-        )
+        self.server = new_server_state(self.model.server, cfg)
         # The Fed-Server's global state: an fp32 master copy; the template modules only borrow it.
         self.global_state = {
             k: v.detach().clone() for k, v in prefixed_state(self.averaged()).items()

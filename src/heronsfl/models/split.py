@@ -39,9 +39,13 @@ def _sequential(stages: list[tuple[str, nn.Module]]) -> nn.Sequential:
 def split_stages(
     stages: OrderedDict[str, nn.Module], cut: str, input_shape: tuple[int, ...]
 ) -> tuple[nn.Sequential, nn.Sequential, tuple[int, ...]]:
-    """Client = stages up to and including `cut`; server = the rest. Returns the cut shape too."""
+    """Client = stages up to and including `cut`; server = the rest. Returns the cut shape too.
+
+    Cutting after the last stage gives the client the whole network and the server nothing (an
+    empty Sequential, the identity): plain federated learning.
+    """
     names = list(stages)
-    if cut not in names[:-1]:
+    if cut not in names:
         raise ValueError(f"cut {cut!r} is not a cut point; choose one of: {', '.join(names[:-1])}")
     i = names.index(cut) + 1
     items = list(stages.items())
