@@ -7,10 +7,12 @@ from heronsfl.algorithms.cse_fsl import CSEFSL
 from heronsfl.algorithms.fedavg import FedAvg
 from heronsfl.algorithms.heron_sfl import HeronSFL
 from heronsfl.algorithms.mezo import MeZO
+from heronsfl.algorithms.sflv1 import SFLV1
 from heronsfl.algorithms.sflv2 import SFLV2
 
 ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
     "heron-sfl": HeronSFL,
+    "sflv1": SFLV1,
     "sflv2": SFLV2,
     "cse-fsl": CSEFSL,
     "fedavg": FedAvg,

@@ -11,6 +11,8 @@ same code. How an engine drives it is data on the class:
 - zeroth_order_client: the client never calls backward (HERON-SFL).
 - uploads_activations: False for plain federated learning of the whole model (no main server).
 - trains_whole_model: the client holds the whole network (FedAvg, MeZO); there is no cut.
+- server_schedule: "sequential" = one server model consumes every client's uploads;
+  "parallel" = one server copy per client, averaged at the end of the round (SFLV1).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +98,7 @@ class SplitAlgorithm(ABC):
     zeroth_order_client: ClassVar[bool] = False
     uploads_activations: ClassVar[bool] = True
     trains_whole_model: ClassVar[bool] = False
+    server_schedule: ClassVar[Literal["sequential", "parallel"]] = "sequential"
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

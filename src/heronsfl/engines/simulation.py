@@ -141,6 +141,9 @@ class Simulation:
     def client_run(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> ClientRun:
         """Client `client_id`'s round, on fresh copies of the template modules."""
         modules = {k: copy.deepcopy(m) for k, m in self.averaged().items()}
+        server = self.server
+        if self.algo.server_schedule == "parallel":  # SFLV1: this client's own server copy
+            server = new_server_state(copy.deepcopy(self.model.server), self.cfg)
         return ClientRun(
             self.algo,
             self.task,
@@ -151,7 +154,7 @@ class Simulation:
             modules,
             wire_state,
             self.device,
-            server=self.server,
+            server=server,
             measure=measure,
         )
 
@@ -180,15 +183,26 @@ class Simulation:
                 yield self.client_run(cid, wire_state, measure=self.step_cost is None and i == 0)
 
         done: list[ClientRun] = []
-        if self.algo.sends_gradients:  # SFLV2: turns in a seeded random order, inline answers
-            order = [
-                clients[i]
-                for i in numpy_rng(cfg.seed, "order", self.round).permutation(len(clients))
-            ]
-            for run in runs(order):
-                for _ in run:
-                    pass
+        if self.algo.server_schedule == "parallel":
+            # SFLV1: each client trains with its own server copy; the copies are averaged like
+            # the clients (streamed, so one copy exists at a time in this process).
+            server_avg = WeightedAverage()
+            for run in runs(clients):
+                run.drain()
+                assert run.server is not None, "a parallel-schedule client has its server copy"
+                server_avg.add(run.server.model.state_dict(), self._weight(run))
+                self.server.losses += run.server.losses
+                run.server = None
                 done.append(run)
+            self.model.server.load_state_dict(
+                server_avg.result(like=self.model.server.state_dict())
+            )
+        elif self.algo.sends_gradients:  # SFLV2: turns in a seeded random order, inline answers
+            perm = numpy_rng(cfg.seed, "order", self.round).permutation(len(clients))
+            for run in runs([clients[i] for i in perm]):
+                run.drain()
+                done.append(run)
+
         elif cfg.train.server_order == "client-by-client":
             for run in runs(clients):
                 for up in run:
@@ -203,6 +217,9 @@ class Simulation:
                         self.consume(up)
         return self.end_round(done)
 
+    def _weight(self, run: ClientRun) -> float:
+        return 1.0 if self.cfg.train.aggregation == "uniform" else float(run.num_samples)
+
     def end_round(self, runs: Sequence[ClientRun]) -> dict[str, Any]:
         """Fed-Server aggregation of the finished client runs, evaluation, the round's record."""
         cfg = self.cfg
@@ -210,9 +227,8 @@ class Simulation:
         client_losses: list[float] = []
         for run in runs:
             assert run.state is not None, "a finished client run holds its state"
-            avg.add(
-                run.state, 1.0 if cfg.train.aggregation == "uniform" else float(run.num_samples)
-            )
+            avg.add(run.state, self._weight(run))
+
             client_losses += run.losses
             for key, nbytes in run.comm.bytes.items():
                 self.comm.bytes[key] += nbytes
