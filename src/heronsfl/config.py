@@ -49,6 +49,10 @@ class TrainConfig:
         "uniform", "Fed-Server weights: 1/N (paper Eq. 8) or proportional to client data size"
     )
     eval_every: int = _f(1, "evaluate on the test set every this many rounds (and the last)")
+    max_comm_bytes: int = _f(
+        0, "stop after the round in which uplink + downlink bytes reach this budget (0 = none)"
+    )
+
     eval_batch_size: int = _f(1000, "batch size for evaluation forwards")
 
 
@@ -362,6 +366,8 @@ def validate(cfg: RunConfig) -> list[str]:
     for path, value in [
         ("seed", cfg.seed),
         ("train.clients_per_round", t.clients_per_round),
+        ("train.max_comm_bytes", t.max_comm_bytes),
+
         ("data.train_subset", cfg.data.train_subset),
         ("data.test_subset", cfg.data.test_subset),
         ("data.synthetic", cfg.data.synthetic),

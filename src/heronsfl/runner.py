@@ -42,22 +42,36 @@ def run_experiment(
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     writer = RunWriter(out_dir, cfg, overwrite) if out_dir is not None else None
-    t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
     try:
         sim = Simulation(cfg)
-        for _ in range(cfg.rounds):
+        if writer is not None and writer.checkpoint is not None:
+            sim.load_state_dict(writer.checkpoint)
+            records = list(writer.records)
+            log.warning("resuming %s after round %d", writer.dir, sim.round)
+        # wall_s keeps counting across a resume: time already spent, plus this process's.
+        t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
+        stopped = None
+        while sim.round < cfg.rounds:
             record = sim.run_round()
             record["wall_s"] = time.perf_counter() - t0
             records.append(record)
             if writer is not None:
                 writer.log(record)
+                writer.save_checkpoint(sim.state_dict())
             if on_round is not None:
                 on_round(record)
+            sent = record["comm/uplink_bytes"] + record["comm/downlink_bytes"]
+            if cfg.train.max_comm_bytes and sent >= cfg.train.max_comm_bytes:
+                stopped = f"communication budget: {sent} >= train.max_comm_bytes"
+                log.warning("stopping after round %d: %s", sim.round, stopped)
+                break
         summary = summarize(cfg, records, time.perf_counter() - t0)
+        summary["stopped_early"] = stopped
         if writer is not None:
             writer.finish(summary)
         return summary
+
     finally:
         if writer is not None:
             writer.close()

@@ -20,7 +20,9 @@ A networked engine reuses `begin_round`, `consume` and `end_round` as they are.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -257,7 +259,33 @@ class Simulation:
         record["round_s"] = time.perf_counter() - self._t0
         return record
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue after the current round: tensors and plain values."""
+        sc = self.step_cost
+        return {
+            "round": self.round,
+            "global_state": self.global_state,
+            "server_model": self.model.server.state_dict(),
+            "server_optimizer": None
+            if self.server.optimizer is None
+            else self.server.optimizer.state_dict(),
+            "comm": self.comm.state_dict(),
+            "step_cost": None if sc is None else dataclasses.asdict(sc),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.global_state = {k: v.to(self.device) for k, v in state["global_state"].items()}
+        self.model.server.load_state_dict(state["server_model"])
+        if self.server.optimizer is not None and state["server_optimizer"] is not None:
+            self.server.optimizer.load_state_dict(state["server_optimizer"])
+        self.comm.load_state_dict(state["comm"])
+        sc = state["step_cost"]
+        self.step_cost = None if sc is None else StepCost(**sc)
+
     # ------------------------------------------------------------------ evaluation
+
     @torch.no_grad()
     def evaluate(self) -> EvalResult:
         """Global client -> server (test/accuracy) and global client -> aux (aux/accuracy)."""

@@ -42,3 +42,10 @@ class CommCounter:
 
     def state_dict(self) -> dict[str, int]:
         return {f"{d}:{k}": v for (d, k), v in self.bytes.items()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.bytes.clear()
+        for key, value in state.items():
+            direction, kind = key.split(":", 1)
+            assert direction in ("up", "down"), f"bad comm counter key {key!r}"
+            self.bytes[(direction, kind)] = int(value)  # type: ignore[index]
