@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
