@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import ClientState
 from heronsfl.config import RunConfig, with_overrides
@@ -68,11 +70,12 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     averaged = [model.client] + (
         [model.aux] if algo.uses_aux_head and model.aux is not None else []
     )
-    wire_bytes = algo.wire_dtype.itemsize
-    model_state = [t for m in averaged for t in m.state_dict().values()]
-    model_bytes = sum(
-        t.numel() * (wire_bytes if t.is_floating_point() else t.element_size()) for t in model_state
-    )
+    down = _state_bytes(averaged, algo.wire_dtype.itemsize, buffers_only=False)
+    up = down
+    if algo.zeroth_order_client and cfg.zo.exchange == "seeds":
+        # Per local step one 8-byte step seed and q fp32 scalars; buffers still travel.
+        h, q = cfg.train.local_steps, cfg.zo.num_probes
+        up = _state_bytes(averaged, algo.wire_dtype.itemsize, buffers_only=True) + h * (8 + 4 * q)
     return {
         "algorithm": cfg.algorithm,
         "task": cfg.task,
@@ -87,9 +90,22 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         "client_macs_per_step": cost.flops / 2,
         "upload_bytes": cost.uplink_bytes,
         "downlink_bytes_per_step": cost.downlink_bytes,
-        "model_bytes_per_round": 2 * model_bytes,  # down + up, at wire precision
+        "model_down_bytes_per_round": down,
+        "model_up_bytes_per_round": up,
+        "model_bytes_per_round": down + up,  # at wire precision
         "wire_dtype": cfg.comm.wire_dtype,
+        "zo_exchange": cfg.zo.exchange if algo.zeroth_order_client else None,
     }
+
+
+def _state_bytes(modules: list[torch.nn.Module], wire_itemsize: int, buffers_only: bool) -> int:
+    """Bytes of the modules' state as sent: floats at wire precision, integers as they are."""
+    tensors = [
+        t for m in modules for t in (m.buffers() if buffers_only else m.state_dict().values())
+    ]
+    return sum(
+        t.numel() * (wire_itemsize if t.is_floating_point() else t.element_size()) for t in tensors
+    )
 
 
 def resources(
@@ -99,12 +115,22 @@ def resources(
     device: str = "cpu",
     upload_every: int = 1,
     overrides: list[str] = (),  # type: ignore[assignment]
+    local_steps: int = 39,
 ) -> list[dict[str, Any]]:
+    """One row per algorithm (plus HERON-SFL with the seeds exchange, when HERON is listed).
+
+    `local_steps` (h) only sizes the seeds exchange's per-round upload: h * (8 + 4q) bytes.
+    """
     names = algorithms or list(ALGORITHMS)
+    variants = [(name, []) for name in names]
+    if "heron-sfl" in names:
+        variants.append(("heron-sfl", ["zo.exchange=seeds"]))
     rows = []
-    for name in names:
-        cfg = _config(task, name, batch_size, device, list(overrides))
-        row = measure(cfg)
+    for name, extra in variants:
+        cfg = _config(task, name, batch_size, device, [*overrides, *extra])
+        # The measured step uses h = 2 (warm-up + upload step); h only scales the seeds upload.
+        row = measure(with_overrides(cfg, [f"train.local_steps={local_steps}"]) if extra else cfg)
+        row["label"] = f"{name} (seeds)" if extra else name
         # A decoupled client uploads every k-th step; a synchronous one every step.
         k = 1 if ALGORITHMS[name].sends_gradients else upload_every
         row["upload_every"] = k
@@ -117,9 +143,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The paper's Table 2 layout: memory and compute per client step, plus bytes."""
     base = next((r for r in rows if r["algorithm"] == "sflv2"), rows[0])
     head = (
-        f"{'algorithm':<12}{'peak mem (MB)':>15}{'vs ' + base['algorithm']:>12}"
+        f"{'algorithm':<18}{'peak mem (MB)':>15}{'vs ' + base['algorithm']:>12}"
         f"{'MACs/step (G)':>16}{'vs ' + base['algorithm']:>12}{'up/step (MB)':>14}"
-        f"{'down/step (MB)':>16}{'model/round (MB)':>18}"
+        f"{'down/step (MB)':>16}{'model down/round (MB)':>23}{'model up/round (MB)':>21}"
     )
     lines = [
         f"task {rows[0]['task']}, cut {rows[0]['cut']} {tuple(rows[0]['cut_shape'])}, "
@@ -129,11 +155,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"{r['algorithm']:<12}{r['client_peak_mem_bytes'] / 1e6:>15.1f}"
+            f"{r['label']:<18}{r['client_peak_mem_bytes'] / 1e6:>15.1f}"
             f"{r['client_peak_mem_bytes'] / base['client_peak_mem_bytes']:>12.2f}"
             f"{r['client_macs_per_step'] / 1e9:>16.2f}"
             f"{r['client_macs_per_step'] / base['client_macs_per_step']:>12.2f}"
             f"{r['uplink_bytes_per_step'] / 1e6:>14.2f}{r['downlink_bytes_per_step'] / 1e6:>16.2f}"
-            f"{r['model_bytes_per_round'] / 1e6:>18.2f}"
+            f"{r['model_down_bytes_per_round'] / 1e6:>23.3f}"
+            f"{r['model_up_bytes_per_round'] / 1e6:>21.3f}"
         )
     return "\n".join(lines)

@@ -141,6 +141,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         algorithms=algorithms,
         device=ns.device,
         upload_every=ns.upload_every,
+        local_steps=ns.local_steps,
         overrides=ns.overrides,
     )
     if ns.json:
@@ -215,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--batch-size", type=int, default=256)
     res.add_argument("--algorithms", help="comma-separated (default: all)")
     res.add_argument("--upload-every", type=int, default=1, help="k, for uplink bytes per step")
+    res.add_argument(
+        "--local-steps", type=int, default=39, help="h, for the seeds exchange's bytes per round"
+    )
+
     res.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     res.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     res.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

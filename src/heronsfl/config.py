@@ -79,6 +79,11 @@ class ZOConfig:
         "one-sided (L(θ+μu)-L(θ))/μ: q+1 forwards (paper Eq. 2); "
         "central (L(θ+μu)-L(θ-μu))/2μ: 2q forwards (MeZO)",
     )
+    exchange: Literal["params", "seeds"] = _f(
+        "params",
+        "what a ZO client uploads each round: its parameters, or its step seeds and scalars "
+        "(the Fed-Server replays them; BatchNorm buffers still travel as tensors)",
+    )
     distribution: Literal["gaussian", "sphere"] = _f(
         "gaussian", "u ~ N(0, I), or uniform on the sphere of radius sqrt(d) (E[uu^T] = I for both)"
     )
@@ -321,6 +326,12 @@ def validate(cfg: RunConfig) -> list[str]:
                 f"model.freeze_client needs an algorithm with an aux head, not {cfg.algorithm!r}; "
                 "use heron-sfl or cse-fsl"
             )
+    if cfg.zo.exchange == "seeds" and cfg.algorithm in ALGORITHMS:
+        if not ALGORITHMS[cfg.algorithm].zeroth_order_client:
+            p.append(
+                f"zo.exchange = 'seeds' needs a zeroth-order client, not {cfg.algorithm!r}; "
+                "use heron-sfl or mezo, or zo.exchange=params"
+            )
     if cfg.task not in TASKS:
         p.append(f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}")
     elif cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:
@@ -367,7 +378,6 @@ def validate(cfg: RunConfig) -> list[str]:
         ("seed", cfg.seed),
         ("train.clients_per_round", t.clients_per_round),
         ("train.max_comm_bytes", t.max_comm_bytes),
-
         ("data.train_subset", cfg.data.train_subset),
         ("data.test_subset", cfg.data.test_subset),
         ("data.synthetic", cfg.data.synthetic),

@@ -9,6 +9,7 @@ from heronsfl.algorithms.heron_sfl import HeronSFL
 from heronsfl.algorithms.mezo import MeZO
 from heronsfl.algorithms.sflv1 import SFLV1
 from heronsfl.algorithms.sflv2 import SFLV2
+from heronsfl.algorithms.splitlora import SplitLoRA
 
 ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
     "heron-sfl": HeronSFL,
@@ -17,6 +18,7 @@ ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
     "cse-fsl": CSEFSL,
     "fedavg": FedAvg,
     "mezo": MeZO,
+    "splitlora": SplitLoRA,
 }
 
 

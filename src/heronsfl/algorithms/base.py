@@ -58,6 +58,7 @@ class ClientState:
     step: int = 0
     pending: Tensor | None = None  # sync SFL: activations whose graph waits for the gradient
     losses: list[float] = field(default_factory=list)
+    zo_record: list[tuple[int, list[float]]] = field(default_factory=list)  # (step seed, g_i)
 
     def trainable(self) -> list[Tensor]:
         """Parameters the client updates, in a fixed order (the order ZO directions follow)."""

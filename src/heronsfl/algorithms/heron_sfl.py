@@ -31,11 +31,18 @@ with another forward's: peak client memory is that of a single inference forward
 Deviations from the paper:
 - The paper does not fix μ, h, k or q; the presets document the values chosen.
 - In-place perturb/restore is exact to one fp32 ulp, not bit for bit (see zo/perturb.py).
+
+Beyond the paper, zo.exchange = "seeds": instead of its parameters a client uploads, per local
+step, the step seed (8 bytes) and its q scalars g_i (4 bytes each), plus its BatchNorm buffers
+(which depend on data). The Fed-Server replays the round from the broadcast state: exact for
+ZO-SGD and for Adam alike, because the client's Adam starts fresh every round and the replay
+re-runs the very same operations (including the one-ulp perturb/restore round trips).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -59,9 +66,13 @@ class HeronSFL(SplitAlgorithm):
         # ZO-SGD updates in place from the seeds: no optimizer object, no state.
         return None if self.cfg.client_optim.name == "sgd" else super().new_client_optimizer(c)
 
-    def probe_seed(self, c: ClientState, probe: int) -> int:
-        """One seed per (run, round, client, step, probe): anyone holding it can regenerate u."""
-        return derive_seed(self.cfg.seed, "zo", c.round, c.client_id, c.step, probe)
+    def step_seed(self, c: ClientState) -> int:
+        """One seed per (run, round, client, local step); the probes' seeds derive from it."""
+        return derive_seed(self.cfg.seed, "zo", c.round, c.client_id, c.step)
+
+    def probe_seeds(self, step_seed: int) -> list[int]:
+        """The q direction seeds of a step: anyone holding the step seed regenerates every u_i."""
+        return [derive_seed(step_seed, i) for i in range(self.cfg.zo.num_probes)]
 
     @staticmethod
     def _head(c: ClientState, acts: torch.Tensor) -> torch.Tensor:
@@ -80,7 +91,8 @@ class HeronSFL(SplitAlgorithm):
         # The unperturbed forward runs *last*: its activations then go straight to the uplink and
         # never coexist with another forward's (the estimate is the same in any order).
         unperturbed = zo.estimator == "one-sided" or uploads
-        seeds = [self.probe_seed(c, i) for i in range(zo.num_probes)]
+        step_seed = self.step_seed(c)
+        seeds = self.probe_seeds(step_seed)
         plus: list[float] = []
         minus: list[float] = []
         with dropout_off(c.model, c.aux):
@@ -88,14 +100,9 @@ class HeronSFL(SplitAlgorithm):
                 # Running BN statistics: from the unperturbed forward, else from the first probe.
                 freeze = unperturbed or i > 0
                 with frozen_batchnorm_stats(c.model, c.aux) if freeze else contextlib.nullcontext():
-                    perturb_(params, seed, zo.mu, zo.distribution)
-                    plus.append(self._loss(c, x, y))
-                    if zo.estimator == "central":
-                        perturb_(params, seed, -2 * zo.mu, zo.distribution)
-                        minus.append(self._loss(c, x, y))
-                        perturb_(params, seed, zo.mu, zo.distribution)
-                    else:
-                        perturb_(params, seed, -zo.mu, zo.distribution)
+                    losses = self._probe(params, seed, lambda: self._loss(c, x, y))
+                plus.append(losses[0])
+                minus += losses[1:]
             upload: Upload | None = None
             loss0 = float("nan")
             if unperturbed:
@@ -115,7 +122,46 @@ class HeronSFL(SplitAlgorithm):
         for g in scalars:
             check_finite(g, self._where(c), _FIX)
         self._apply(c, params, seeds, scalars)
+        c.zo_record.append((step_seed, scalars))
         return upload
+
+    def _probe(
+        self, params: list[torch.Tensor], seed: int, loss: Callable[[], float] | None
+    ) -> list[float]:
+        """Evaluate the loss at θ+μu (and θ-μu, central) and return θ to where it was.
+
+        With `loss=None` it performs exactly the same in-place parameter operations without the
+        forwards: that is how the Fed-Server replays a client from its seeds (bit for bit).
+        """
+        zo = self.cfg.zo
+        out: list[float] = []
+        perturb_(params, seed, zo.mu, zo.distribution)
+        if loss is not None:
+            out.append(loss())
+        if zo.estimator == "central":
+            perturb_(params, seed, -2 * zo.mu, zo.distribution)
+            if loss is not None:
+                out.append(loss())
+            perturb_(params, seed, zo.mu, zo.distribution)
+        else:
+            perturb_(params, seed, -zo.mu, zo.distribution)
+        return out
+
+    @torch.no_grad()
+    def replay(self, c: ClientState, step_seeds: list[int], scalars: list[list[float]]) -> None:
+        """Rebuild a client's round from its uploaded (step seed, q scalars) pairs.
+
+        `c` holds modules loaded with the state the client started from and a fresh optimizer,
+        as the client had. Replaying the same perturb/restore/update operations in the same
+        order gives the client's parameters exactly (same device and dtype); BatchNorm running
+        statistics depend on data and are uploaded as tensors instead.
+        """
+        params = c.trainable()
+        for step_seed, gs in zip(step_seeds, scalars, strict=True):
+            seeds = self.probe_seeds(step_seed)
+            for seed in seeds:
+                self._probe(params, seed, None)
+            self._apply(c, params, seeds, gs)
 
     def _apply(
         self, c: ClientState, params: list[torch.Tensor], seeds: list[int], scalars: list[float]

@@ -79,6 +79,8 @@ class ClientRun:
         self.comm = CommCounter()
         self.comm.add("down", "model", wire_state.values())
         self.step_cost: StepCost | None = None
+        self.zo_seeds: Tensor | None = None  # zo.exchange = "seeds": (h,) step seeds
+        self.zo_scalars: Tensor | None = None  # and (h, q) projected gradients
 
     def _batch(self, idx: Tensor, gen: torch.Generator) -> Batch:
         x = self.task.preprocess(self.data.x[idx], True, self.algo.cfg.data.augment, gen)
@@ -112,9 +114,19 @@ class ClientRun:
             if down is not None:
                 self.comm.add("down", "gradients", [down.gradient])
             yield up
-        self.state = to_wire(prefixed_state(self.modules), algo.wire_dtype)
+        state = prefixed_state(self.modules)
+        if algo.zeroth_order_client and cfg.zo.exchange == "seeds":
+            # Parameters stay home: the Fed-Server replays them from (step seed, scalars).
+            # Buffers (BatchNorm running statistics) depend on data and travel as tensors.
+            params = {f"{p}.{n}" for p, m in self.modules.items() for n, _ in m.named_parameters()}
+            state = {k: v for k, v in state.items() if k not in params}
+            self.zo_seeds = torch.tensor([s for s, _ in c.zo_record], dtype=torch.int64)  # (h,)
+            self.zo_scalars = torch.tensor([g for _, g in c.zo_record], dtype=torch.float32)
+            self.comm.add("up", "zo_seeds_scalars", [self.zo_seeds, self.zo_scalars])  # (h, q)
+        self.state = to_wire(state, algo.wire_dtype)
         self.comm.add("up", "model", self.state.values())
         self.losses = c.losses
+
         self.modules = {}  # free the client's modules and optimizer before the next client
 
     def drain(self) -> list[Upload]:

@@ -35,6 +35,7 @@ from heronsfl.aggregation import WeightedAverage, to_wire
 from heronsfl.algorithms import get_algorithm
 from heronsfl.algorithms.base import (
     IGNORE_INDEX,
+    ClientState,
     ServerState,
     SplitAlgorithm,
     make_optimizer,
@@ -107,6 +108,8 @@ class Simulation:
         self.step_cost: StepCost | None = None
         self.round = 0
         self._t0 = 0.0
+        self._wire_state: dict[str, Tensor] = {}
+
         self._server_losses_before = 0
 
     # Training data is loaded on first use: a networked server never touches it.
@@ -137,7 +140,8 @@ class Simulation:
         self._t0 = time.perf_counter()
         self._server_losses_before = len(self.server.losses)
         self.model.server.train()
-        return to_wire(self.global_state, self.algo.wire_dtype)
+        self._wire_state = to_wire(self.global_state, self.algo.wire_dtype)
+        return self._wire_state
 
     def client_run(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> ClientRun:
         """Client `client_id`'s round, on fresh copies of the template modules."""
@@ -218,7 +222,23 @@ class Simulation:
                         self.consume(up)
         return self.end_round(done)
 
+    def client_state(self, run: ClientRun) -> dict[str, Tensor]:
+        """A finished client's state as the Fed-Server sees it: as uploaded, or (seeds exchange)
+        rebuilt by replaying its steps from this round's broadcast state."""
+        assert run.state is not None, "a finished client run holds its state"
+        if run.zo_seeds is None or run.zo_scalars is None:
+            return run.state
+        mods = self.averaged()  # the template modules serve as the replay workspace
+        load_prefixed(mods, self._wire_state)
+        c = ClientState(run.client_id, self.round, mods["client"], mods.get("aux"), None)
+        c.optimizer = self.algo.new_client_optimizer(c)
+        replay = getattr(self.algo, "replay", None)
+        assert replay is not None, f"{self.algo.name} cannot replay seeds"
+        replay(c, run.zo_seeds.tolist(), run.zo_scalars.tolist())
+        return {**prefixed_state(mods), **run.state}
+
     def _weight(self, run: ClientRun) -> float:
+
         return 1.0 if self.cfg.train.aggregation == "uniform" else float(run.num_samples)
 
     def end_round(self, runs: Sequence[ClientRun]) -> dict[str, Any]:
@@ -228,7 +248,7 @@ class Simulation:
         client_losses: list[float] = []
         for run in runs:
             assert run.state is not None, "a finished client run holds its state"
-            avg.add(run.state, self._weight(run))
+            avg.add(self.client_state(run), self._weight(run))
 
             client_losses += run.losses
             for key, nbytes in run.comm.bytes.items():

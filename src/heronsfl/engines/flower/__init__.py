@@ -1,0 +1,7 @@
+"""Real deployment on Flower (`pip install heronsfl[flower]`): the only package that imports flwr.
+
+- codec.py: heronsfl messages and configs <-> Flower records (the only module with Flower keys)
+- server_app.py: the ServerApp (main server + Fed-Server); client_app.py: the ClientApp
+- checkpoint.py: the server's per-round checkpoint; protocol.py: the exchanged dataclasses
+- deploy.py: `heronsfl deploy` (a local SuperLink + SuperNodes, app directories, data splits)
+"""

@@ -1,0 +1,145 @@
+"""The Flower ClientApp: one SuperNode = one client, on its own data only.
+
+Per round the SuperNode receives one `train` message (the global client + aux state and the
+round's indices), runs the client's h local steps with the same `ClientRun` the simulator uses,
+and replies once with its state, its activation uploads and its losses. A `query` message is the
+handshake in which the server learns which client (partition) a SuperNode holds.
+
+Data: a SuperNode loads the training split (from data.root, or its own `data-root`), keeps only
+its partition and drops the rest before training; with `data-path` it loads an .npz that holds
+its samples only (`heronsfl deploy partition` writes one per client). Nothing of another
+client's data is kept.
+
+State across rounds: none. As in the simulator, a client builds its optimizer afresh every
+round, so there is nothing to keep in the SuperNode's persistent `Context.state`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from heronsfl.algorithms import get_algorithm
+from heronsfl.algorithms.base import SplitAlgorithm
+from heronsfl.config import RunConfig
+from heronsfl.data.datasets import ArrayDataset
+from heronsfl.engines.client import ClientRun
+from heronsfl.engines.flower import codec
+from heronsfl.engines.flower.protocol import NodeSettings, RoundReply, RoundRequest
+from heronsfl.engines.simulation import client_partitions, resolve_device
+from heronsfl.errors import ConfigError, DataError
+from heronsfl.tasks import build_split_model, get_task, load_datasets
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@app.query()
+def hello(msg: Message, context: Context) -> Message:
+    """The handshake: tell the server which client this SuperNode is."""
+    node = codec.node_settings(context.node_config)
+    return Message(codec.encode_hello_reply(node.partition_id), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of this client: global state in, state + uploads + losses out."""
+    cfg, _ = codec.settings_from_run_config(context.run_config)
+    node = codec.node_settings(context.node_config)
+    reply = client_round(cfg, node, codec.decode_request(msg.content))
+    return Message(codec.encode_reply(reply), reply_to=msg)
+
+
+def check_supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> None:
+    """Refuse per-batch synchronous algorithms: each step would be a Flower round trip."""
+    if algo.sends_gradients or algo.server_schedule == "parallel":
+        raise ConfigError(
+            f"algorithm {algo.name!r} needs the server's gradient after every local step; on "
+            "Flower each exchange is a server-initiated message round trip (about 6 s measured "
+            "on 127.0.0.1, see docs/deploy.md), so it is not supported by `heronsfl deploy`. "
+            "Run it with `heronsfl run`, or deploy a decoupled algorithm "
+            "(heron-sfl, cse-fsl, fedavg, mezo)"
+        )
+
+
+def client_modules(cfg: RunConfig, algo: SplitAlgorithm) -> dict[str, nn.Module]:
+    """The modules a client trains and the Fed-Server averages (as in Simulation.averaged)."""
+    model = build_split_model(cfg, with_aux=algo.uses_aux_head, whole=algo.trains_whole_model)
+    mods: dict[str, nn.Module] = {"client": model.client}
+    if algo.uses_aux_head and model.aux is not None:
+        mods["aux"] = model.aux
+    return mods
+
+
+def load_client_data(cfg: RunConfig, node: NodeSettings) -> ArrayDataset:
+    """This client's own training samples, in the order the simulator's partition lists them."""
+    task = get_task(cfg.task)
+    if node.data_path:
+        path = Path(node.data_path)
+        if not path.is_file():
+            raise DataError(f"node config data-path {str(path)!r} does not exist on this node")
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz or "y" not in npz:
+                raise DataError(f"{path} must hold arrays 'x' and 'y' (heronsfl deploy partition)")
+            x, y = torch.from_numpy(npz["x"]), torch.from_numpy(npz["y"])
+        return ArrayDataset(x, y, classes=tuple(str(i) for i in range(task.num_classes)))
+    if node.data_root:
+        cfg = replace(cfg, data=replace(cfg.data, root=node.data_root))
+    train_set = load_datasets(cfg, "train")
+    idx = torch.as_tensor(client_partitions(cfg, train_set)[node.partition_id], dtype=torch.long)
+    # Keep this partition only; batches index it by position, so the order must be kept.
+    return ArrayDataset(train_set.x[idx], train_set.y[idx], train_set.classes)
+
+
+def client_round(cfg: RunConfig, node: NodeSettings, req: RoundRequest) -> RoundReply:
+    """Run client `req.client_id`'s round on this node's data; engine-agnostic apart from I/O."""
+    if node.num_partitions is not None and node.num_partitions != cfg.clients:
+        raise ConfigError(
+            f"this SuperNode has num-partitions={node.num_partitions} but the run has "
+            f"clients={cfg.clients}; start it with --node-config "
+            f"'{codec.PARTITION_ID}={node.partition_id} {codec.NUM_PARTITIONS}={cfg.clients}'"
+        )
+    if req.client_id != node.partition_id:
+        raise codec.ProtocolError(
+            f"request for client {req.client_id} reached the SuperNode of client "
+            f"{node.partition_id}"
+        )
+    algo = get_algorithm(cfg.algorithm)(cfg)
+    check_supported(algo)
+    device = resolve_device(cfg.device)
+    data = load_client_data(cfg, node)
+    modules = {k: m.to(device) for k, m in client_modules(cfg, algo).items()}
+    run = ClientRun(
+        algo,
+        get_task(cfg.task),
+        data,
+        np.arange(len(data)),
+        req.round,
+        req.client_id,
+        modules,
+        req.state,
+        device,
+        measure=req.measure,
+    )
+    uploads = run.drain()
+    assert run.state is not None, "a drained client run holds its state"
+    log.info("client %d: round %d done, %d uploads", req.client_id, req.round, len(uploads))
+    return RoundReply(
+        client_id=req.client_id,
+        num_samples=run.num_samples,
+        state=run.state,
+        uploads=uploads,
+        losses=run.losses,
+        comm=run.comm,
+        step_cost=run.step_cost,
+        zo_seeds=run.zo_seeds,
+        zo_scalars=run.zo_scalars,
+    )

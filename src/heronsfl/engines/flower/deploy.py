@@ -1,0 +1,440 @@
+"""`heronsfl deploy`: run a config on Flower, server and clients as separate processes.
+
+    heronsfl deploy local [CONFIG | PRESET] [key=value ...] --out DIR     # all on 127.0.0.1
+    heronsfl deploy app [CONFIG | PRESET] [key=value ...] --app-dir APP --out /abs/run/dir
+    heronsfl deploy partition [CONFIG | PRESET] [key=value ...] --out-dir DIR
+
+`local` starts a SuperLink and one SuperNode per client on 127.0.0.1 (insecure: loopback only),
+submits the app with `flwr run --stream`, waits for the run and ends every process it started,
+also on failure or Ctrl-C. Flower's state and app installs live in a temporary FLWR_HOME, logs
+in DIR/flower/. `app` only writes the Flower app (a pyproject.toml holding the whole config as
+Flower run config) for `flwr run` against SuperLinks on real machines; `partition` writes each
+client's training samples to its own .npz for SuperNodes that must hold their data only.
+See docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from heronsfl.algorithms import get_algorithm
+from heronsfl.config import RunConfig, load_config
+from heronsfl.engines.flower import codec
+from heronsfl.engines.flower.client_app import check_supported
+from heronsfl.engines.flower.protocol import DeployError, DeployOptions, NodeSettings
+from heronsfl.engines.simulation import client_partitions
+from heronsfl.errors import ConfigError, UserError
+from heronsfl.metrics.log import SUMMARY_FILE
+from heronsfl.tasks import load_datasets
+
+log = logging.getLogger(__name__)
+
+CONNECTION = "heronsfl-local"  # the SuperLink connection name in FLWR_HOME/config.toml
+_START_TIMEOUT_S = 60.0  # a daemon that is not listening by then has failed
+_STOP_TIMEOUT_S = 10.0  # SIGTERM, then SIGKILL after this long
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of every Flower process: this venv first, no telemetry, no installs.
+
+    Flower's daemons start helpers (flower-superexec, flwr-serverapp, flwr-clientapp) by name,
+    so this interpreter's bin directory goes first on PATH. Runtime dependency installation is
+    off: otherwise each run would `uv sync` the app's dependencies (a CUDA torch) per process.
+    """
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    return env
+
+
+def flower_command(name: str) -> str:
+    """Path of a Flower console script, from this interpreter's environment first."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise UserError(f"{name} not found: pip install -e '.[flower]' in this environment")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (Linux /proc; empty elsewhere).
+
+    Flower starts its helpers in new sessions, so a process group does not reach them.
+    """
+    children: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # fields after "(comm)": state, ppid
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class LocalFederation:
+    """A SuperLink and one SuperNode per client on 127.0.0.1, as child processes.
+
+    Use as a context manager: leaving it ends every process it started and their helpers.
+    """
+
+    def __init__(self, workdir: Path, clients: int, port: int = 0) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "flower"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.home = Path(tempfile.mkdtemp(prefix="heronsfl-flwr-home-"))
+        self.env = flower_env(self.home)
+        self.clients = clients
+        self.port = port or free_port()
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.supernodes: list[subprocess.Popen[bytes]] = []
+        self._files: list[IO[bytes]] = []
+        self._tree: dict[int, set[int]] = {}  # daemon pid -> helpers seen below it
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        out = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed in close()
+        self._files.append(out)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        self._tree[proc.pid] = set()
+        return proc
+
+    def start(self) -> None:
+        """Start the SuperLink, wait until it listens, then the SuperNodes."""
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+        )
+        self.superlink = self._spawn(
+            "superlink",
+            [
+                flower_command("flower-superlink"),
+                "--insecure",
+                "--host=127.0.0.1",
+                f"--port={self.port}",
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        self._wait_listening(self.superlink, self.port, "flower-superlink")
+        for i in range(self.clients):
+            self.supernodes.append(self.start_supernode(i))
+
+    def start_supernode(self, partition_id: int) -> subprocess.Popen[bytes]:
+        node = NodeSettings(partition_id, self.clients)
+        return self._spawn(
+            f"supernode-{partition_id}",
+            [
+                flower_command("flower-supernode"),
+                "--insecure",
+                f"--superlink=127.0.0.1:{self.port}",
+                "--host=127.0.0.1",
+                f"--port={free_port()}",
+                "--node-config",
+                codec.node_config_text(node),
+            ],
+        )
+
+    def _wait_listening(self, proc: subprocess.Popen[bytes], port: int, name: str) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not _listening(port):
+            if proc.poll() is not None:
+                raise DeployError(f"{name} exited with {proc.returncode}; see {self.logs}")
+            if time.monotonic() > deadline:
+                raise DeployError(f"{name} not listening on port {port} after {_START_TIMEOUT_S} s")
+            time.sleep(0.2)
+
+    def run_app(self, app_dir: Path, timeout_s: float, echo: bool = True) -> int:
+        """`flwr run APP --stream`: submits the run and follows its log until it ends.
+
+        Returns flwr's exit status; raises DeployError when the run outlives `timeout_s`.
+        """
+        cmd = [flower_command("flwr"), "run", str(app_dir), CONNECTION, "--stream"]
+        logfile = open(self.logs / "flwr-run.log", "wb")  # noqa: SIM115 - closed in close()
+        self._files.append(logfile)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
+        self._tree[proc.pid] = set()
+
+        def copy() -> None:
+            assert proc.stdout is not None, "stdout is a pipe"
+            for line in proc.stdout:
+                logfile.write(line)
+                logfile.flush()
+                if echo:
+                    sys.stderr.buffer.write(line)
+                    sys.stderr.flush()
+
+        pump = threading.Thread(target=copy, daemon=True)
+        pump.start()
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None:
+            self._remember_helpers()
+            if time.monotonic() > deadline:
+                self._stop([proc.pid])
+                raise DeployError(f"the run did not finish within {timeout_s:.0f} s")
+            time.sleep(0.5)
+        pump.join(timeout=5)
+        return int(proc.returncode)
+
+    def _remember_helpers(self) -> None:
+        """Note the helpers below each daemon now, so close() finds them even if orphaned."""
+        for pid in list(self._tree):
+            self._tree[pid].update(descendants(pid))
+
+    def kill_supernode(self, partition_id: int) -> None:
+        """SIGKILL a SuperNode and everything below it (a client device dying)."""
+        proc = self.supernodes[partition_id]
+        self._remember_helpers()
+        pids = [proc.pid, *descendants(proc.pid)]
+        _signal(pids, signal.SIGKILL)
+        proc.wait(timeout=_STOP_TIMEOUT_S)
+
+    def _stop(self, pids: Sequence[int]) -> None:
+        _signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal([p for p in pids if _alive(p)], signal.SIGKILL)
+
+    def close(self) -> None:
+        """End every process this federation started (daemons and their helpers)."""
+        self._remember_helpers()
+        pids: list[int] = []
+        for pid, helpers in self._tree.items():
+            pids += [pid, *helpers]
+        self._stop(pids)
+        for proc in [*self.supernodes, *([self.superlink] if self.superlink else [])]:
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("process %d did not exit", proc.pid)
+        for f in self._files:
+            f.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _config(args: list[str]) -> RunConfig:
+    config = None
+    overrides = []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif config is None:
+            config = a
+        else:
+            raise ConfigError(f"unexpected argument {a!r}: give one config, then key=value")
+    cfg = load_config(config, overrides)
+    check_supported(get_algorithm(cfg.algorithm))
+    return cfg
+
+
+def _options(ns: argparse.Namespace, out: Path) -> DeployOptions:
+    return DeployOptions(
+        out=str(out),
+        round_timeout_s=ns.round_timeout,
+        min_clients=ns.min_clients,
+        connect_timeout_s=ns.connect_timeout,
+        overwrite=ns.overwrite,
+    )
+
+
+def write_app(app_dir: Path, cfg: RunConfig, opts: DeployOptions) -> Path:
+    """Write the Flower app (only a pyproject.toml) that runs `cfg`; returns its path."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    path = app_dir / "pyproject.toml"
+    path.write_text(codec.app_pyproject(cfg, opts))
+    return path
+
+
+def cmd_local(ns: argparse.Namespace) -> int:
+    cfg = _config(ns.args)
+    out = Path(ns.out or f"runs/deploy-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = out.resolve()
+    opts = _options(ns, out)
+    if (out / SUMMARY_FILE).exists() and not opts.overwrite:
+        raise UserError(f"{out} already holds a completed run; choose another --out or --overwrite")
+    # Generous bound: waiting for clients, then every round at its timeout plus local work.
+    timeout = ns.timeout or opts.connect_timeout_s + cfg.rounds * (opts.round_timeout_s + 60) + 120
+    with LocalFederation(out, cfg.clients, ns.port) as fed:
+        app_dir = fed.home / "app"
+        write_app(app_dir, cfg, opts)
+        log.warning(
+            "SuperLink on 127.0.0.1:%d, %d SuperNodes; logs in %s", fed.port, cfg.clients, fed.logs
+        )
+        status = fed.run_app(app_dir, timeout, echo=not ns.quiet)
+    if not (out / SUMMARY_FILE).exists():
+        raise DeployError(
+            f"the run ended (flwr run exit status {status}) without finishing its rounds; "
+            f"see {out / 'flower'}/*.log; the same command resumes from the last checkpoint"
+        )
+    log.warning("done: %s", out)
+    return 0
+
+
+def cmd_app(ns: argparse.Namespace) -> int:
+    cfg = _config(ns.args)
+    out = Path(ns.out)
+    if not out.is_absolute():
+        raise UserError(
+            f"--out {ns.out!r} must be an absolute path: the ServerApp writes it on the "
+            "SuperLink's machine, from a working directory of Flower's choosing"
+        )
+    path = write_app(Path(ns.app_dir), cfg, _options(ns, out))
+    print(f"wrote {path}")
+    print(f"run it with: flwr run {ns.app_dir} <connection> --stream")
+    print(
+        f"start one SuperNode per client, client i with --node-config "
+        f"'{codec.node_config_text(NodeSettings(0, cfg.clients)).replace('=0 ', '=<i> ')}'"
+    )
+    return 0
+
+
+def cmd_partition(ns: argparse.Namespace) -> int:
+    cfg = _config(ns.args)
+    out = Path(ns.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train = load_datasets(cfg, "train")
+    for i, idx in enumerate(client_partitions(cfg, train)):
+        path = out / f"client_{i}.npz"
+        np.savez(path, x=train.x[idx].numpy(), y=train.y[idx].numpy())
+        node = NodeSettings(i, cfg.clients, data_path=str(path.resolve()))
+        print(f"{path}: {len(idx)} samples; --node-config '{codec.node_config_text(node)}'")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heronsfl deploy", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("args", nargs="*", metavar="[CONFIG.toml | PRESET] [key=value ...]")
+        d = DeployOptions.__dataclass_fields__
+        q.add_argument(
+            "--round-timeout",
+            type=float,
+            default=d["round_timeout_s"].default,
+            help=d["round_timeout_s"].metadata["help"] + " (seconds)",
+        )
+        q.add_argument(
+            "--min-clients",
+            type=int,
+            default=d["min_clients"].default,
+            help=d["min_clients"].metadata["help"],
+        )
+        q.add_argument(
+            "--connect-timeout",
+            type=float,
+            default=d["connect_timeout_s"].default,
+            help=d["connect_timeout_s"].metadata["help"] + " (seconds)",
+        )
+        q.add_argument("--overwrite", action="store_true", help=d["overwrite"].metadata["help"])
+
+    local = sub.add_parser("local", help="SuperLink + one SuperNode per client on 127.0.0.1")
+    common(local)
+    local.add_argument("--out", help="run directory (default runs/deploy-<algorithm>-<time>)")
+    local.add_argument("--port", type=int, default=0, help="SuperLink port (default: a free one)")
+    local.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="give up after this many seconds (default: from the round timeout)",
+    )
+    local.add_argument("-q", "--quiet", action="store_true", help="do not echo Flower's log")
+    local.set_defaults(fn=cmd_local)
+
+    app = sub.add_parser("app", help="write a Flower app directory for `flwr run`")
+    common(app)
+    app.add_argument("--app-dir", required=True, help="where to write pyproject.toml")
+    app.add_argument("--out", required=True, help="run directory on the SuperLink's machine")
+    app.set_defaults(fn=cmd_app)
+
+    part = sub.add_parser("partition", help="write each client's training samples to an .npz")
+    part.add_argument("args", nargs="*", metavar="[CONFIG.toml | PRESET] [key=value ...]")
+    part.add_argument("--out-dir", required=True, help="where client_<i>.npz go")
+    part.set_defaults(fn=cmd_partition)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """`heronsfl deploy ARGS` (called by heronsfl.cli); UserError reaches the CLI's handler."""
+    ns = build_parser().parse_args(argv)
+    return int(ns.fn(ns))

@@ -1,0 +1,101 @@
+"""What the Flower engine exchanges and how it is set up, as plain dataclasses (no Flower types).
+
+One round is one request/reply per participating client: the server sends a `RoundRequest`
+(the global client + aux state at wire precision and the round's indices); the client runs its
+h local steps and answers with a `RoundReply` (its state, its activation uploads, its losses).
+`engines/flower/codec.py` maps these to and from Flower records; nothing else sees Flower keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from torch import Tensor
+
+from heronsfl.engines.step import StepCost
+from heronsfl.errors import ConfigError, UserError
+from heronsfl.messages import Upload
+from heronsfl.metrics.comm import CommCounter
+
+
+class DeployError(UserError):
+    """The deployment cannot go on (too few clients connected or replying); the message says why."""
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """How the server runs on Flower; travels in Flower's run config under `deploy.`."""
+
+    out: str = _f("", "run directory on the server machine (metrics, checkpoint); absolute path")
+    round_timeout_s: float = _f(
+        600.0, "how long the server waits for a round's replies before going on without a client"
+    )
+    min_clients: int = _f(
+        1, "fewest replies a round needs; with fewer the run stops (restart resumes from there)"
+    )
+    connect_timeout_s: float = _f(
+        120.0, "how long the server waits for `clients` SuperNodes to connect before each round"
+    )
+    overwrite: bool = _f(False, "start afresh even when `out` holds a checkpoint or a finished run")
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.out:
+            problems.append("deploy.out is empty: give the run directory (an absolute path)")
+        if not self.round_timeout_s > 0:
+            problems.append(f"deploy.round_timeout_s = {self.round_timeout_s} must be > 0")
+        if not self.connect_timeout_s > 0:
+            problems.append(f"deploy.connect_timeout_s = {self.connect_timeout_s} must be > 0")
+        if self.min_clients < 1:
+            problems.append(f"deploy.min_clients = {self.min_clients} must be >= 1")
+        if problems:
+            raise ConfigError(problems)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """What one SuperNode knows about itself (Flower's node config)."""
+
+    partition_id: int  # = the client id: which partition of the training set this node holds
+    num_partitions: int | None = None  # if given, must equal the run's `clients`
+    data_root: str = ""  # replaces data.root on this node (where its copy of the dataset lives)
+    data_path: str = ""  # an .npz with this client's own samples only (x, y): no partitioning
+
+
+@dataclass(frozen=True)
+class RoundRequest:
+    """Server -> client, once per round."""
+
+    round: int
+    client_id: int
+    measure: bool  # measure one local step's memory and FLOPs (the run's first client, once)
+    state: dict[str, Tensor]  # global client (+ aux) state, wire precision
+
+
+@dataclass
+class RoundReply:
+    """Client -> server, once per round: everything a `ClientRun` leaves behind.
+
+    It has the attributes `Simulation.end_round` reads from a finished run (`client_id`,
+    `state`, `losses`, `comm`, `num_samples`, `step_cost`, `zo_seeds`, `zo_scalars`), so the
+    server aggregates it exactly as the simulator aggregates a `ClientRun`.
+    """
+
+    client_id: int
+    num_samples: int
+    state: dict[str, Tensor]  # wire precision (seeds exchange: buffers only)
+    uploads: list[Upload]
+    losses: list[float]
+    comm: CommCounter  # the client's own count of what it received and sent, by kind
+    step_cost: StepCost | None = None
+    zo_seeds: Tensor | None = None  # zo.exchange = "seeds": (h,) int64 step seeds
+    zo_scalars: Tensor | None = None  # and (h, q) float32 projected gradients
