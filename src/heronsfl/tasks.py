@@ -177,3 +177,8 @@ def _synthetic(task: Task, n: int, seed: int, split: str) -> ArrayDataset:
     x = torch.randint(0, 256, (n, *task.input_shape), generator=g, dtype=torch.uint8)
     y = torch.randint(0, task.num_classes, (n,), generator=g)
     return ArrayDataset(x=x, y=y, classes=tuple(str(i) for i in range(task.num_classes)))
+
+
+from heronsfl.lm.tasks import lm_tasks  # noqa: E402  (language-model tasks, issue 4)
+
+TASKS.update(lm_tasks())
