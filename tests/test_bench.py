@@ -54,7 +54,9 @@ def test_bench_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[st
         ]
     )
     rows = json.loads(capsys.readouterr().out)
-    assert code == 0 and [r["algorithm"] for r in rows] == ["heron-sfl", "sflv2"]
+    assert code == 0
+    assert [r["label"] for r in rows] == ["heron-sfl", "sflv2", "heron-sfl (seeds)"]
+
     for key in [
         "algorithm",
         "client_peak_mem_bytes",
@@ -66,6 +68,11 @@ def test_bench_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[st
         assert key in rows[0], key
     assert rows[0]["uplink_bytes_per_step"] == rows[0]["upload_bytes"] / 4
     assert rows[1]["upload_every"] == 1
+    # Seeds exchange: buffers + h * (8 + 4q) bytes instead of the parameters.
+    seeds = rows[2]
+    assert seeds["zo_exchange"] == "seeds"
+    assert seeds["model_up_bytes_per_round"] < rows[0]["model_up_bytes_per_round"] / 10
+
 
 
 def test_bench_unknown_algorithm_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
