@@ -17,7 +17,9 @@ def test_paper_split_macs_are_exact_at_small_batch() -> None:
     """At batch 256 these are the paper's 39.90 G (HERON) and ~59.4 G (CSE-FSL); MACs scale
     linearly in the batch, so batch 2 checks the same formulas quickly."""
     b = 2
-    rows = {r["algorithm"]: r for r in resources("resnet18-cifar10", batch_size=b)}
+    names = ["heron-sfl", "cse-fsl", "sflv2"]
+    rows = {r["label"]: r for r in resources("resnet18-cifar10", batch_size=b, algorithms=names)}
+
     fwd = STEM + BLOCK + AUX
     assert rows["heron-sfl"]["client_macs_per_step"] == 2 * b * fwd
     assert rows["cse-fsl"]["client_macs_per_step"] == b * (3 * fwd - STEM)
@@ -31,7 +33,9 @@ def test_paper_split_macs_are_exact_at_small_batch() -> None:
 
 def test_heron_peak_memory_is_lowest_once_activations_dominate() -> None:
     # At batch 32 activations (8 MiB each at the cut) already dominate parameters (2.9 MB).
-    rows = {r["algorithm"]: r for r in resources("resnet18-cifar10", batch_size=32)}
+    names = ["heron-sfl", "cse-fsl", "sflv2"]
+    rows = {r["label"]: r for r in resources("resnet18-cifar10", batch_size=32, algorithms=names)}
+
     heron = rows["heron-sfl"]["client_peak_mem_bytes"]
     assert heron < 0.5 * rows["sflv2"]["client_peak_mem_bytes"]
     assert heron < 0.6 * rows["cse-fsl"]["client_peak_mem_bytes"]
