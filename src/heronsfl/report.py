@@ -1,0 +1,308 @@
+"""`heronsfl report RUN_DIR [RUN_DIR ...] [--out DIR] [--label NAME ...]`: plots and a table.
+
+Reads run directories written by `heronsfl run` (config.toml, metrics.jsonl, summary.json) and
+writes into --out (default ./report):
+- accuracy_vs_rounds.png: test accuracy per round, one line per run; aux-head accuracy dashed.
+- accuracy_vs_comm.png: test accuracy against cumulative uplink + downlink GB, as in the
+  HERON-SFL paper's Figures 2-3: algorithms that reach an accuracy with fewer bytes sit left.
+- perplexity_vs_comm.png: the same for test perplexity, when a run logs it (language models).
+- summary.md: one table row per run.
+
+A run without summary.json did not finish (stopped or failed): it is still reported, marked
+"(incomplete)", so a sweep in progress can be looked at. matplotlib is imported inside the
+plotting code, never at module level: `import heronsfl.report` stays cheap, and figures are
+drawn on `matplotlib.figure.Figure` objects (no pyplot, no global backend state, headless).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from heronsfl.errors import UserError
+from heronsfl.metrics.log import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+
+log = logging.getLogger(__name__)
+
+INCOMPLETE = " (incomplete)"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, read once: per-round records, resolved config, summary if finished."""
+
+    dir: Path
+    records: list[dict[str, Any]]
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(rounds, values) of the rounds that logged `key` (evaluation may skip rounds)."""
+        rows = [(r["round"], r[key]) for r in self.records if key in r]
+        return [x for x, _ in rows], [y for _, y in rows]
+
+    def comm_gb(self, key: str) -> tuple[list[float], list[float]]:
+        """(cumulative uplink + downlink GB, values) of the rounds that logged `key`."""
+        rows = [(_comm_bytes(r) / 1e9, r[key]) for r in self.records if key in r]
+        return [x for x, _ in rows], [y for _, y in rows]
+
+    def last(self, key: str) -> Any:
+        return next((r[key] for r in reversed(self.records) if key in r), None)
+
+    def best(self, key: str) -> Any:
+        return max((r[key] for r in self.records if key in r), default=None)
+
+
+def _comm_bytes(record: dict[str, Any]) -> int:
+    # Both counters are cumulative over the run (see metrics/comm.py), so their sum is the
+    # total sent so far in both directions.
+    return int(record.get("comm/uplink_bytes", 0)) + int(record.get("comm/downlink_bytes", 0))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # a run killed mid-write leaves a partial last line
+                log.warning("%s: ignoring a truncated last line", path)
+                break
+            raise UserError(
+                f"{path}, line {i + 1} is not JSON ({e}): the file is corrupt"
+            ) from None
+    return records
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read one run directory; a UserError names what is missing and what to do."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise UserError(f"run directory {str(d)!r} does not exist: give a `heronsfl run --out` dir")
+    metrics = d / METRICS_FILE
+    if not metrics.is_file():
+        raise UserError(f"{d} has no {METRICS_FILE}: is it a run directory (heronsfl run --out)?")
+    records = _read_records(metrics)
+    if not records:
+        raise UserError(
+            f"{metrics} has no rounds: the run stopped before its first round; "
+            f"rerun it or leave {d} out"
+        )
+    config: dict[str, Any] = {}
+    if (d / CONFIG_FILE).is_file():
+        try:
+            config = tomllib.loads((d / CONFIG_FILE).read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{d / CONFIG_FILE} is not valid TOML ({e})") from None
+    summary = None
+    if (d / SUMMARY_FILE).is_file():
+        summary = json.loads((d / SUMMARY_FILE).read_text())
+    return Run(d, records, config, summary)
+
+
+def default_labels(runs: Sequence[Run]) -> list[str]:
+    """The algorithm of each run; runs sharing one are told apart by directory name, or path."""
+    algos = [
+        str(r.config.get("algorithm") or (r.summary or {}).get("algorithm") or r.dir.name)
+        for r in runs
+    ]
+    labels = algos
+    for where in (lambda r: r.dir.name, lambda r: str(r.dir)):
+        if len(set(labels)) == len(labels):
+            break
+        labels = [
+            f"{a} ({where(r)})" if algos.count(a) > 1 else a
+            for a, r in zip(algos, runs, strict=True)
+        ]
+    return labels
+
+
+# ----------------------------------------------------------------------------- table
+
+COLUMNS = [
+    "run",
+    "task",
+    "rounds",
+    "final test acc",
+    "best test acc",
+    "final aux acc",
+    "total comm GB",
+    "client peak mem MB",
+    "client MACs/step G",
+    "wall s",
+]
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summary_row(run: Run, label: str) -> dict[str, str]:
+    """One table row: raw metrics formatted for reading (GB = 1e9 B, MB = 1e6 B, G = 1e9)."""
+    done = run.records[-1]["round"]
+    planned = run.config.get("rounds")
+    peak = run.best("client/peak_mem_bytes")
+    macs = run.last("client/macs_per_step")
+    wall = (run.summary or {}).get("wall_s", run.last("wall_s"))
+    row = {
+        "run": label + ("" if run.complete else INCOMPLETE),
+        "task": str(run.config.get("task") or (run.summary or {}).get("task") or "-"),
+        "rounds": str(done) if run.complete or planned is None else f"{done}/{planned}",
+        "final test acc": _fmt(run.last("test/accuracy"), ".4f"),
+        "best test acc": _fmt(run.best("test/accuracy"), ".4f"),
+        "final aux acc": _fmt(run.last("aux/accuracy"), ".4f"),
+        "total comm GB": _fmt(_comm_bytes(run.records[-1]) / 1e9, ".4g"),
+        "client peak mem MB": _fmt(None if peak is None else peak / 1e6, ".3f"),
+        "client MACs/step G": _fmt(None if macs is None else macs / 1e9, ".4g"),
+        "wall s": _fmt(wall, ".1f"),
+    }
+    if run.last("test/perplexity") is not None:
+        row["final test ppl"] = _fmt(run.last("test/perplexity"), ".3f")
+    return row
+
+
+def format_table(rows: Sequence[dict[str, str]]) -> str:
+    """A markdown table; the perplexity column appears only when some run has one."""
+    columns = COLUMNS + (["final test ppl"] if any("final test ppl" in r for r in rows) else [])
+    widths = [max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in columns]
+    # Text columns left-aligned, numbers right-aligned (`---:`), as markdown renders them.
+    text = {"run", "task"}
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        "|"
+        + "|".join(
+            "-" * (w + 2) if c in text else "-" * (w + 1) + ":"
+            for c, w in zip(columns, widths, strict=True)
+        )
+        + "|",
+    ]
+    for r in rows:
+        cells = [
+            r.get(c, "-").ljust(w) if c in text else r.get(c, "-").rjust(w)
+            for c, w in zip(columns, widths, strict=True)
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _plot(
+    lines: list[tuple[str, list[float], list[float], str, str]],
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    log_y: bool = False,
+    integer_x: bool = False,
+) -> None:
+    """Draw (label, x, y, color, linestyle) lines on one headless figure and save it as PNG."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ModuleNotFoundError:
+        raise UserError("heronsfl report needs matplotlib: pip install -e '.[report]'") from None
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, x, y, color, style in lines:
+        ax.plot(x, y, color=color, linestyle=style, marker=".", label=label)
+    if log_y:
+        ax.set_yscale("log")
+    if integer_x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def write_report(
+    runs: Sequence[Run], out: str | Path, labels: Sequence[str] | None = None
+) -> list[Path]:
+    """Write the plots and summary.md for `runs` into `out`; returns the files written."""
+    if labels is None:
+        labels = default_labels(runs)
+    if len(labels) != len(runs):
+        raise UserError(
+            f"--label gave {len(labels)} names for {len(runs)} runs: "
+            "give one per RUN_DIR, in the same order"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = [lab + ("" if r.complete else INCOMPLETE) for r, lab in zip(runs, labels, strict=True)]
+    colors = [f"C{i % 10}" for i in range(len(runs))]  # the run's color in every figure
+
+    by_round: list[tuple[str, list[float], list[float], str, str]] = []
+    for run, name, color in zip(runs, shown, colors, strict=True):
+        for key, suffix, style in [("test/accuracy", "", "-"), ("aux/accuracy", " aux", "--")]:
+            x, y = run.series(key)
+            if y:
+                by_round.append((name + suffix, list(map(float, x)), y, color, style))
+    written = [out / "accuracy_vs_rounds.png", out / "accuracy_vs_comm.png"]
+    _plot(by_round, "round", "test accuracy (dashed: aux head)", written[0], integer_x=True)
+
+    def vs_comm(key: str) -> list[tuple[str, list[float], list[float], str, str]]:
+        series = [(n, *r.comm_gb(key), c, "-") for r, n, c in zip(runs, shown, colors, strict=True)]
+        return [s for s in series if s[2]]
+
+    _plot(vs_comm("test/accuracy"), "uplink + downlink (GB)", "test accuracy", written[1])
+    perplexity = vs_comm("test/perplexity")
+    if perplexity:
+        written.append(out / "perplexity_vs_comm.png")
+        _plot(perplexity, "uplink + downlink (GB)", "test perplexity", written[-1], log_y=True)
+
+    rows = [summary_row(r, lab) for r, lab in zip(runs, labels, strict=True)]
+    notes = [f"- {name}: `{r.dir}`" for r, name in zip(runs, shown, strict=True)]
+    md = [
+        "# Report",
+        "",
+        format_table(rows),
+        "",
+        "Accuracies are the global model's on the test set at the final (or best) evaluated",
+        "round; `aux` is the client sub-model with its auxiliary head. Comm counts uplink +",
+        "downlink payloads at the wire precision (GB = 1e9 bytes, MB = 1e6 bytes). Runs marked",
+        "(incomplete) have no summary.json: they were stopped or failed.",
+        "",
+        "Runs:",
+        *notes,
+    ]
+    written.append(out / "summary.md")
+    written[-1].write_text("\n".join(md) + "\n")
+    return written
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="heronsfl report", description="Plot and tabulate run directories."
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories of `heronsfl run`")
+    p.add_argument("--out", default="report", help="where plots and summary.md go (./report)")
+    p.add_argument(
+        "--label",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="legend and table names, one per RUN_DIR in order (default: the algorithm)",
+    )
+    ns = p.parse_args(argv)
+    runs = [load_run(d) for d in ns.runs]
+    written = write_report(runs, ns.out, ns.label)
+    print(written[-1].read_text(), end="")
+    log.info("report written to %s: %s", ns.out, ", ".join(w.name for w in written))
+    return 0
