@@ -123,6 +123,17 @@ def test_perplexity_plot_and_column_appear_when_a_run_logs_perplexity(tmp_path: 
     )
 
 
+def test_a_run_stopped_by_its_budget_shows_rounds_done_of_configured(tmp_path: Path) -> None:
+    d = _write_run(tmp_path / "run", "heron-sfl", [_record(1, 0.5), _record(2, 0.6)], rounds=10)
+    summary = json.loads((d / "summary.json").read_text())
+    summary["stopped_early"] = "communication budget: 4500000000 >= train.max_comm_bytes"
+    (d / "summary.json").write_text(json.dumps(summary))
+    write_report([load_run(d)], tmp_path / "out")
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert _table(md)["heron-sfl"]["rounds"] == "2/10"
+    assert "(stopped early: communication budget: 4500000000 >= train.max_comm_bytes)" in md
+
+
 def test_labels_name_the_algorithm_and_the_directory_when_shared(tmp_path: Path) -> None:
     runs = [
         _write_run(tmp_path / "a", "heron-sfl", [_record(1, 0.5)], rounds=1),

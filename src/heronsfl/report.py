@@ -46,6 +46,11 @@ class Run:
     def complete(self) -> bool:
         return self.summary is not None
 
+    @property
+    def stopped_early(self) -> str | None:
+        """Why a finished run ended before its last round (a communication budget), if it did."""
+        return (self.summary or {}).get("stopped_early")
+
     def series(self, key: str) -> tuple[list[int], list[float]]:
         """(rounds, values) of the rounds that logged `key` (evaluation may skip rounds)."""
         rows = [(r["round"], r[key]) for r in self.records if key in r]
@@ -161,7 +166,8 @@ def summary_row(run: Run, label: str) -> dict[str, str]:
     row = {
         "run": label + ("" if run.complete else INCOMPLETE),
         "task": str(run.config.get("task") or (run.summary or {}).get("task") or "-"),
-        "rounds": str(done) if run.complete or planned is None else f"{done}/{planned}",
+        # Unfinished, or finished early (train.max_comm_bytes): rounds done / rounds configured.
+        "rounds": str(done) if planned in (None, done) else f"{done}/{planned}",
         "final test acc": _fmt(run.last("test/accuracy"), ".4f"),
         "best test acc": _fmt(run.best("test/accuracy"), ".4f"),
         "final aux acc": _fmt(run.last("aux/accuracy"), ".4f"),
@@ -268,7 +274,10 @@ def write_report(
         _plot(perplexity, "uplink + downlink (GB)", "test perplexity", written[-1], log_y=True)
 
     rows = [summary_row(r, lab) for r, lab in zip(runs, labels, strict=True)]
-    notes = [f"- {name}: `{r.dir}`" for r, name in zip(runs, shown, strict=True)]
+    notes = [
+        f"- {name}: `{r.dir}`" + (f" (stopped early: {why})" if (why := r.stopped_early) else "")
+        for r, name in zip(runs, shown, strict=True)
+    ]
     md = [
         "# Report",
         "",
