@@ -99,7 +99,7 @@ def test_report_writes_plots_and_a_table_with_the_runs_numbers(
         "best test acc": "0.8000",
         "final aux acc": "0.4500",
         "total comm GB": "4.5",
-        "client peak mem MB": "2.500",
+        "client peak mem MB": "2.5",
         "client MACs/step G": "39.9",
         "wall s": "12.3",  # from summary.json
     }

@@ -172,7 +172,7 @@ def summary_row(run: Run, label: str) -> dict[str, str]:
         "best test acc": _fmt(run.best("test/accuracy"), ".4f"),
         "final aux acc": _fmt(run.last("aux/accuracy"), ".4f"),
         "total comm GB": _fmt(_comm_bytes(run.records[-1]) / 1e9, ".4g"),
-        "client peak mem MB": _fmt(None if peak is None else peak / 1e6, ".3f"),
+        "client peak mem MB": _fmt(None if peak is None else peak / 1e6, ".4g"),
         "client MACs/step G": _fmt(None if macs is None else macs / 1e9, ".4g"),
         "wall s": _fmt(wall, ".1f"),
     }
