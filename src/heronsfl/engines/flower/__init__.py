@@ -2,6 +2,6 @@
 
 - codec.py: heronsfl messages and configs <-> Flower records (the only module with Flower keys)
 - server_app.py: the ServerApp (main server + Fed-Server); client_app.py: the ClientApp
-- checkpoint.py: the server's per-round checkpoint; protocol.py: the exchanged dataclasses
+- protocol.py: the dataclasses exchanged (RoundRequest, RoundReply) and the server's options
 - deploy.py: `heronsfl deploy` (a local SuperLink + SuperNodes, app directories, data splits)
 """

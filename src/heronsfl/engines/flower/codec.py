@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import Tensor
 
@@ -105,8 +105,10 @@ def array_to_tensor(a: Array, what: str) -> Tensor:
         count = int(np.prod(a.shape)) if len(a.shape) else 1
         if len(a.data) != 2 * count:
             raise ProtocolError(f"{what}: {len(a.data)} bytes for bfloat16 shape {a.shape}")
-        t = torch.frombuffer(bytearray(a.data), dtype=torch.int16).view(torch.bfloat16)
-        t = t.reshape(a.shape)
+        t = torch.empty(a.shape, dtype=torch.bfloat16)
+        if count:  # frombuffer refuses an empty buffer
+            raw = torch.frombuffer(bytearray(a.data), dtype=torch.int16)
+            t = raw.view(torch.bfloat16).reshape(a.shape)
     else:
         raise ProtocolError(f"{what}: unknown array serialisation {a.stype!r}")
     if t.dtype not in _ALLOWED_DTYPES:
@@ -186,7 +188,11 @@ def encode_reply(rep: RoundReply) -> RecordDict:
     }
     if rep.step_cost is not None:
         meta["step_cost"] = [int(v) for v in dataclasses.astuple(rep.step_cost)]
-    records = {_RESULT: ConfigRecord(meta), _STATE: state_to_record(rep.state), _UPLOADS: uploads}
+    records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
+        _RESULT: ConfigRecord(meta),
+        _STATE: state_to_record(rep.state),
+        _UPLOADS: uploads,
+    }
     if rep.zo_seeds is not None and rep.zo_scalars is not None:
         records[_ZO] = state_to_record({"seeds": rep.zo_seeds, "scalars": rep.zo_scalars})
     return RecordDict(records)

@@ -90,7 +90,7 @@ def _listening(port: int) -> bool:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process below `pid` (Linux /proc; empty elsewhere).
+    """Every live (not zombie) process below `pid` (Linux /proc; empty elsewhere).
 
     Flower starts its helpers in new sessions, so a process group does not reach them.
     """
@@ -105,8 +105,9 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # fields after "(comm)": state, ppid
-        children.setdefault(ppid, []).append(int(entry.name))
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]  # the fields after "(comm)"
+        if state != "Z":  # a zombie has exited already
+            children.setdefault(int(ppid), []).append(int(entry.name))
     out: list[int] = []
     todo = [pid]
     while todo:

@@ -24,13 +24,14 @@ import sys
 import time
 from collections.abc import Iterable
 from itertools import zip_longest
-from typing import Any
+from typing import Any, cast
 
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from heronsfl.algorithms import get_algorithm
 from heronsfl.config import RunConfig
+from heronsfl.engines.client import ClientRun
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
 from heronsfl.engines.flower.protocol import DeployError, DeployOptions, RoundReply, RoundRequest
@@ -149,7 +150,8 @@ class FlowerServer:
             )
         order = [c for c in participants if c in arrived]
         self._replay([arrived[c] for c in order])
-        record = sim.end_round([arrived[c] for c in order])
+        # end_round reads only what a RoundReply shares with a finished ClientRun (duck typing).
+        record = sim.end_round(cast("list[ClientRun]", [arrived[c] for c in order]))
         record["flower/uplink_bytes"] = self.flower_bytes["up"]
         record["flower/downlink_bytes"] = self.flower_bytes["down"]
         record["deploy/clients"] = order
