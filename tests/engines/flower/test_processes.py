@@ -1,0 +1,104 @@
+"""Real deployment: a SuperLink and SuperNodes as separate processes on 127.0.0.1.
+
+Each test starts its own daemons on free ports with a temporary FLWR_HOME, bounds every wait,
+and ends every process it started (LocalFederation closes them even when a test fails).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from heronsfl.engines.flower import deploy
+from heronsfl.engines.flower.deploy import LocalFederation, descendants, write_app
+from heronsfl.engines.flower.protocol import DeployOptions
+from heronsfl.engines.simulation import Simulation
+from heronsfl.metrics.log import read_metrics
+from tests.conftest import TINY, tiny_config
+from tests.engines.flower.conftest import algorithm_records
+
+pytestmark = pytest.mark.flower
+
+OVERRIDES = [*TINY, "clients=2", "rounds=2", "algorithm=heron-sfl"]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _rounds_logged(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _runs_client_app(pid: int) -> bool:
+    for child in descendants(pid):
+        try:
+            if b"flwr-clientapp" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_superlink_and_two_supernodes_end_with_the_simulators_model(tmp_path: Path) -> None:
+    # Execute: `heronsfl deploy local` on 127.0.0.1, 2 rounds of HERON-SFL, 2 SuperNodes.
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--round-timeout", "120", "--timeout", "300", "-q"]
+    assert deploy.main(["local", *OVERRIDES, *args]) == 0
+    # Assert: the final global model is the in-process simulator's for the same seed.
+    sim = Simulation(tiny_config(*OVERRIDES[len(TINY) :]))
+    expected = sim.run()
+    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert final["round"] == 2
+    assert final["global_state"].keys() == sim.global_state.keys()
+    for key, value in sim.global_state.items():
+        torch.testing.assert_close(final["global_state"][key], value, msg=key)
+    records = read_metrics(out)
+    assert algorithm_records(records) == algorithm_records(expected)
+    assert [r["deploy/clients"] for r in records] == [[0, 1], [0, 1]]
+    # Serialised Flower bytes sit next to the algorithm's count, a little above it.
+    last = records[-1]
+    assert last["comm/uplink_bytes"] < last["flower/uplink_bytes"] < 1.2 * last["comm/uplink_bytes"]
+    # Every daemon and helper is gone.
+    assert descendants(os.getpid()) == []
+
+
+def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(tmp_path: Path) -> None:
+    # Prepare
+    cfg = tiny_config(*OVERRIDES[len(TINY) :])
+    out = tmp_path / "run"
+    opts = DeployOptions(out=str(out), round_timeout_s=25.0, connect_timeout_s=60.0)
+    status: dict[str, int] = {}
+    with LocalFederation(tmp_path, cfg.clients) as fed:
+        app_dir = fed.home / "app"
+        write_app(app_dir, cfg, opts)
+        runner = threading.Thread(
+            target=lambda: status.update(rc=fed.run_app(app_dir, 240, echo=False)), daemon=True
+        )
+        runner.start()
+        # Execute: once round 1 is done, kill client 1's SuperNode while it trains round 2.
+        assert wait_until(lambda: _rounds_logged(out) >= 1, 150), "round 1 never finished"
+        wait_until(lambda: _runs_client_app(fed.supernodes[1].pid), 20)
+        fed.kill_supernode(1)
+        runner.join(timeout=200)
+        assert not runner.is_alive(), "the run hung"
+    # Assert: round 2 went on without client 1 after the timeout, and the run finished.
+    records = read_metrics(out)
+    assert [r["deploy/dropped_clients"] for r in records] == [[], [1]]
+    assert [r["deploy/clients"] for r in records] == [[0, 1], [0]]
+    assert (out / "summary.json").exists()
+    assert status["rc"] == 0
+    assert "no reply from client(s) [1]" in (tmp_path / "flower" / "flwr-run.log").read_text()
+    assert descendants(os.getpid()) == []

@@ -1,0 +1,164 @@
+"""The Flower server and client apps over an in-process grid (messages really serialised).
+
+These check the engine's logic in seconds; test_processes.py checks the same on real
+SuperLink/SuperNode processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from heronsfl.engines.flower import deploy
+from heronsfl.engines.flower.protocol import DeployError
+from heronsfl.engines.simulation import Simulation
+from heronsfl.errors import ConfigError, UserError
+from heronsfl.metrics.log import read_metrics
+from tests.conftest import TINY, tiny_config
+from tests.engines.flower.conftest import algorithm_records, assert_same_models, node_configs
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("algorithm=heron-sfl",),
+        ("algorithm=heron-sfl", "zo.exchange=seeds", "train.server_order=client-by-client"),
+        ("algorithm=cse-fsl", "comm.wire_dtype=fp16", "clients=4", "train.clients_per_round=2"),
+        ("algorithm=fedavg",),
+        ("algorithm=mezo", "comm.wire_dtype=bf16"),
+    ],
+)
+def test_flower_engine_equals_the_simulator(serve, overrides: tuple[str, ...]) -> None:
+    # Prepare
+    cfg = tiny_config("clients=2", *overrides)
+    # Execute
+    server, _ = serve(cfg)
+    sim = Simulation(cfg)
+    expected = sim.run()
+    # Assert: same models bit for bit, same metrics (accuracy, losses, bytes, client costs)
+    assert_same_models(server.sim, sim)
+    assert algorithm_records(read_metrics(server.opts.out)) == algorithm_records(expected)
+    assert (Path(server.opts.out) / "summary.json").exists()
+
+
+def test_serialised_bytes_are_the_payload_plus_a_bounded_overhead(serve) -> None:
+    """Flower's bytes = the algorithm's bytes + framing: < 1 KiB per message + 512 B per tensor."""
+    # Prepare
+    cfg = tiny_config("clients=2", "comm.wire_dtype=fp16", "model.width=16")
+    # Execute
+    server, grid = serve(cfg)
+    last = read_metrics(server.opts.out)[-1]
+    # Assert
+    state = len(server.sim.global_state)  # tensors in a model message
+    uploads = cfg.train.local_steps // cfg.train.upload_every  # per client per round
+    messages = len([n for _, nodes in grid.exchanges for n in nodes])  # handshakes included
+    rounds = cfg.rounds * cfg.clients
+    tensors_down, tensors_up = rounds * state, rounds * (state + 2 * uploads)
+    for direction, tensors in (("uplink", tensors_up), ("downlink", tensors_down)):
+        algo, flower = last[f"comm/{direction}_bytes"], last[f"flower/{direction}_bytes"]
+        assert algo < flower <= algo + 1024 * messages + 512 * tensors, direction
+    # On this model the overhead is a few percent of the uplink.
+    assert last["flower/uplink_bytes"] < 1.1 * last["comm/uplink_bytes"]
+
+
+def test_a_client_that_never_replies_is_dropped_and_logged(serve, caplog) -> None:
+    # Prepare: node 2 (client 1) is gone after the handshake.
+    cfg = tiny_config("clients=3", "rounds=2")
+    # Execute
+    server, grid = serve(cfg, silent={2})
+    records = read_metrics(server.opts.out)
+    # Assert
+    assert [r["deploy/dropped_clients"] for r in records] == [[1], [1]]
+    assert [r["deploy/clients"] for r in records] == [[0, 2], [0, 2]]
+    assert "no reply from client(s) [1]" in caplog.text
+    assert len(records) == cfg.rounds
+
+
+def test_a_failing_client_is_dropped_with_its_reason(serve, caplog) -> None:
+    cfg = tiny_config("clients=2", "rounds=1")
+    nodes = node_configs(cfg)
+    nodes[1]["data-path"] = "/nonexistent/client_1.npz"
+    server, _ = serve(cfg, nodes=nodes)
+    assert read_metrics(server.opts.out)[0]["deploy/dropped_clients"] == [1]
+    assert "does not exist on this node" in caplog.text
+
+
+def test_too_few_replies_stop_the_run(serve) -> None:
+    cfg = tiny_config("clients=2", "rounds=1")
+    with pytest.raises(DeployError, match="fewer than deploy.min_clients = 2"):
+        serve(cfg, silent={1}, min_clients=2)
+
+
+def test_a_restarted_server_resumes_after_the_last_completed_round(serve, tmp_path) -> None:
+    # Prepare: the server process dies while round 2's messages go out.
+    cfg = tiny_config("clients=2", "rounds=3")
+    calls = []
+
+    def crash_in_round_2(kind: str, nodes: list[int]) -> None:
+        calls.append(kind)
+        if calls.count("train") == 2:
+            raise RuntimeError("server killed")
+
+    with pytest.raises(RuntimeError, match="server killed"):
+        serve(cfg, before_send=crash_in_round_2)
+    assert len(read_metrics(tmp_path / "run")) == 1
+    # Execute: the same run again, on the same directory.
+    server, grid = serve(cfg)
+    # Assert: two rounds were left, and the result is the uninterrupted one.
+    assert [kind for kind, _ in grid.exchanges] == ["query", "train", "train"]
+    sim = Simulation(cfg)
+    expected = sim.run()
+    assert_same_models(server.sim, sim)
+    assert algorithm_records(read_metrics(tmp_path / "run")) == algorithm_records(expected)
+
+
+def test_clients_holding_only_their_own_npz_compute_the_same(serve, tmp_path, capsys) -> None:
+    # Prepare: `heronsfl deploy partition` writes one file per client.
+    overrides = [*TINY, "clients=2", "rounds=1"]
+    cfg = tiny_config(*overrides)
+    args = [*overrides, "--out-dir", str(tmp_path / "parts")]
+    assert deploy.main(["partition", *args]) == 0
+    nodes = [
+        {"partition-id": i, "data-path": str(tmp_path / "parts" / f"client_{i}.npz")}
+        for i in range(2)
+    ]
+    with np.load(tmp_path / "parts" / "client_0.npz") as npz:
+        assert len(npz["y"]) < len(Simulation(cfg).train_set)
+    # Execute
+    server, _ = serve(cfg, nodes=nodes)
+    sim = Simulation(cfg)
+    sim.run()
+    # Assert
+    assert_same_models(server.sim, sim)
+    assert "client_1.npz" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algorithm", ["sflv2", "sflv1"])
+def test_per_batch_synchronous_algorithms_are_refused(serve, algorithm: str) -> None:
+    cfg = tiny_config(f"algorithm={algorithm}")
+    with pytest.raises(ConfigError, match="not supported by `heronsfl deploy`"):
+        serve(cfg)
+    with pytest.raises(ConfigError, match="about 6 s measured"):
+        deploy.main(["app", *TINY, f"algorithm={algorithm}", "--app-dir", "x", "--out", "/x"])
+
+
+def test_deploy_app_writes_a_flower_app_with_the_whole_config(tmp_path, capsys) -> None:
+    # Execute
+    args = ["demo_cnn_digits", "rounds=3", "--app-dir", str(tmp_path / "app")]
+    assert deploy.main(["app", *args, "--out", str(tmp_path / "run"), "--min-clients", "4"]) == 0
+    # Assert
+    text = (tmp_path / "app" / "pyproject.toml").read_text()
+    assert 'serverapp = "heronsfl.engines.flower.server_app:app"' in text
+    assert "\nrounds = 3\n" in text and "\nmin_clients = 4\n" in text
+    assert "flwr run" in capsys.readouterr().out
+    with pytest.raises(UserError, match="must be an absolute path"):
+        deploy.main(["app", *args, "--out", "relative/run"])
+
+
+def test_no_state_leaks_between_rounds_on_a_node(serve) -> None:
+    """Nothing survives in a SuperNode's persistent context: clients are stateless by design."""
+    cfg = tiny_config("clients=2", "rounds=2")
+    _, grid = serve(cfg)
+    assert all(len(ctx.state) == 0 for ctx in grid.contexts.values())
