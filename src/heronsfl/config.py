@@ -90,13 +90,32 @@ class ZOConfig:
 
 
 @dataclass(frozen=True)
+class FSLSAGEConfig:
+    """FSL-SAGE's server-side gradient alignment (Nair et al. 2025)."""
+
+    buffer_size: int = _f(1000, "samples of (activations, labels) kept per client (FIFO)")
+    align_every: int = _f(10, "re-fit every client's aux head every this many rounds (l)")
+    align_epochs: int = _f(1, "passes over the buffer per alignment")
+    align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Where the network is cut and what the client's auxiliary head looks like."""
 
     cut: str = _f("", "named cut point (see `heronsfl ls`); empty = the task's paper split")
-    aux: Literal["linear", "conv"] = _f(
-        "linear", "aux head after the cut: Flatten+Linear (paper), or a small conv head"
+    aux: Literal["linear", "conv", "resblock"] = _f(
+        "linear",
+        "aux head after the cut: Flatten+Linear (HERON paper), a small conv head, or resblock: "
+        "two BasicBlocks doubling the channels (like the next ResNet stage) + pool + Linear "
+        "(FSL-SAGE's aux)",
     )
+    stem: Literal["cifar", "imagenet"] = _f(
+        "cifar",
+        "ResNet stem: 3x3 stride 1 (CIFAR), or 7x7 stride 2 + max-pool (ImageNet, as the "
+        "public FSL-SAGE code uses on 32x32 inputs)",
+    )
+
     width: int = _f(0, "base channel width; 0 = the task's standard width (64 for ResNet-18)")
     freeze_client: bool = _f(
         False,
@@ -149,6 +168,8 @@ class RunConfig:
     client_optim: OptimConfig = field(default_factory=OptimConfig)
     server_optim: OptimConfig = field(default_factory=OptimConfig)
     zo: ZOConfig = field(default_factory=ZOConfig)
+    fsl_sage: FSLSAGEConfig = field(default_factory=FSLSAGEConfig)
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     comm: CommConfig = field(default_factory=CommConfig)
@@ -353,6 +374,10 @@ def validate(cfg: RunConfig) -> list[str]:
         ("train.eval_every", t.eval_every),
         ("train.eval_batch_size", t.eval_batch_size),
         ("zo.num_probes", cfg.zo.num_probes),
+        ("fsl_sage.buffer_size", cfg.fsl_sage.buffer_size),
+        ("fsl_sage.align_every", cfg.fsl_sage.align_every),
+        ("fsl_sage.align_epochs", cfg.fsl_sage.align_epochs),
+        ("fsl_sage.align_lr", cfg.fsl_sage.align_lr),
         ("zo.mu", cfg.zo.mu),
         ("client_optim.lr", cfg.client_optim.lr),
         ("server_optim.lr", cfg.server_optim.lr),

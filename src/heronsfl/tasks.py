@@ -40,7 +40,7 @@ class Task:
 
     name: str
     description: str
-    stages: Callable[[int, int], OrderedDict[str, nn.Module]]  # (num_classes, width)
+    stages: Callable[[int, int, str], OrderedDict[str, nn.Module]]  # (classes, width, stem)
     cuts: tuple[str, ...]
     paper_cut: str
     default_width: int
@@ -94,7 +94,7 @@ TASKS: dict[str, Task] = {
     "resnet18-cifar10": Task(
         name="resnet18-cifar10",
         description="CIFAR-style ResNet-18 from scratch on CIFAR-10 (paper split: after layer1.0)",
-        stages=lambda n, w: resnet18_stages(n, w),
+        stages=lambda n, w, stem: resnet18_stages(n, w, stem=stem),
         cuts=RESNET18_CUTS,
         paper_cut="layer1.0",
         default_width=64,
@@ -107,7 +107,7 @@ TASKS: dict[str, Task] = {
     "cnn-digits": Task(
         name="cnn-digits",
         description="small CNN on scikit-learn's bundled 8x8 digits (offline, seconds per run)",
-        stages=lambda n, w: digits_cnn_stages(n, w),
+        stages=lambda n, w, stem: digits_cnn_stages(n, w),
         cuts=DIGITS_CUTS,
         paper_cut="block1",
         default_width=16,
@@ -139,7 +139,9 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False
         return _frozen(cfg, task.build(cfg, with_aux))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        stages = task.stages(task.num_classes, cfg.model.width or task.default_width)
+        stages = task.stages(
+            task.num_classes, cfg.model.width or task.default_width, cfg.model.stem
+        )
         # Whole-model algorithms (FedAvg, MeZO) cut after the last stage: the client has it all.
         cut = list(stages)[-1] if whole else (cfg.model.cut or task.paper_cut)
         client, server, cut_shape = split_stages(stages, cut, task.input_shape)

@@ -33,9 +33,7 @@ def test_replaying_seeds_gives_the_uploaded_parameters(
     h, q, clients, rounds = 6, 2, 3, 2
     assert rs[-1]["comm/up_zo_seeds_scalars_bytes"] == rounds * clients * h * (8 + 4 * q)
     buffers = sum(
-        t.numel() * t.element_size()
-        for m in seeds.averaged().values()
-        for t in m.buffers()
+        t.numel() * t.element_size() for m in seeds.averaged().values() for t in m.buffers()
     )
     assert rs[-1]["comm/up_model_bytes"] == rounds * clients * buffers
     assert rp[-1]["comm/up_model_bytes"] > 50 * rs[-1]["comm/up_model_bytes"]

@@ -47,7 +47,8 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
         0 if not algo.uploads_activations else h if algo.sends_gradients else h // k
     )
     p = rounds * clients * uploads_per_client * B
-    mods = [sim.model.client] + ([sim.model.aux] if algo.uses_aux_head else [])
+    mods = list(sim.averaged().values())  # what the Fed-Server averages is what travels
+
     model_elems = sum(
         t.numel() for m in mods for t in m.state_dict().values() if t.is_floating_point()
     )

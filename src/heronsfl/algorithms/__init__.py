@@ -5,6 +5,7 @@ from __future__ import annotations
 from heronsfl.algorithms.base import SplitAlgorithm
 from heronsfl.algorithms.cse_fsl import CSEFSL
 from heronsfl.algorithms.fedavg import FedAvg
+from heronsfl.algorithms.fsl_sage import FSLSAGE
 from heronsfl.algorithms.heron_sfl import HeronSFL
 from heronsfl.algorithms.mezo import MeZO
 from heronsfl.algorithms.sflv1 import SFLV1
@@ -16,6 +17,7 @@ ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
     "sflv1": SFLV1,
     "sflv2": SFLV2,
     "cse-fsl": CSEFSL,
+    "fsl-sage": FSLSAGE,
     "fedavg": FedAvg,
     "mezo": MeZO,
     "splitlora": SplitLoRA,

@@ -21,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,9 @@ class ServerState:
     model: nn.Module
     optimizer: torch.optim.Optimizer | None  # None when the server has nothing to train
     losses: list[float] = field(default_factory=list)
+    # Algorithm-specific server state (FSL-SAGE: per-client buffers and aux copies); tensors,
+    # numbers and containers only, so it checkpoints like the rest.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def make_optimizer(params: Iterable[Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -100,6 +103,7 @@ class SplitAlgorithm(ABC):
     uploads_activations: ClassVar[bool] = True
     trains_whole_model: ClassVar[bool] = False
     server_schedule: ClassVar[Literal["sequential", "parallel"]] = "sequential"
+    averages_aux: ClassVar[bool] = True  # False: each client keeps its own aux head (FSL-SAGE)
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
@@ -161,10 +165,17 @@ class SplitAlgorithm(ABC):
         assert acts.grad is not None, "server forward must reach the activations"
         return Download(up.client_id, acts.grad.to(self.wire_dtype))
 
-    # ---------------------------------------------------------------- Fed-Server
-    def averaged_modules(self, c: ClientState) -> dict[str, nn.Module]:
-        """The modules the Fed-Server averages each round (prefix -> module)."""
-        mods: dict[str, nn.Module] = {"client": c.model}
-        if self.uses_aux_head and c.aux is not None:
-            mods["aux"] = c.aux
-        return mods
+    # ---------------------------------------------------------------- per-client state
+    def personal_state(self, s: ServerState, client_id: int) -> dict[str, Tensor] | None:
+        """The state of a client's own (not averaged) modules, if the server holds a newer one
+        than their initialisation; prefixed like the averaged state ("aux.0.weight")."""
+        return None
+
+    def end_of_round(
+        self, s: ServerState, round_idx: int, personal: dict[str, nn.Module]
+    ) -> dict[int, dict[str, Tensor]]:
+        """Server work after the round's uploads; returns per-client states to download.
+
+        `personal` holds template copies of the per-client modules, as a workspace.
+        """
+        return {}

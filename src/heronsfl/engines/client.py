@@ -65,13 +65,19 @@ class ClientRun:
         device: torch.device,
         server: ServerState | None = None,
         measure: bool = False,
+        sends: set[str] | None = None,
     ) -> None:
+
         if algo.sends_gradients and server is None:
             raise ValueError(f"{algo.name} needs the main server for every step")
         self.algo, self.task, self.data, self.indices = algo, task, data, indices
         self.round, self.client_id, self.device, self.server = round_idx, client_id, device, server
         self.modules = modules
-        load_prefixed(self.modules, wire_state)  # casts the wire copy up to the modules' fp32
+        # The modules whose state goes back to the Fed-Server (default: all of them).
+        self.sends = set(modules) if sends is None else sends
+        # Casts the wire copy up to the modules' fp32; modules it does not cover keep theirs.
+        load_prefixed({k: m for k, m in modules.items() if k in self.sends}, wire_state)
+
         self.measure = measure
         self.num_samples = len(indices)
         self.state: dict[str, Tensor] | None = None
@@ -114,11 +120,13 @@ class ClientRun:
             if down is not None:
                 self.comm.add("down", "gradients", [down.gradient])
             yield up
-        state = prefixed_state(self.modules)
+        state = prefixed_state({k: m for k, m in self.modules.items() if k in self.sends})
         if algo.zeroth_order_client and cfg.zo.exchange == "seeds":
             # Parameters stay home: the Fed-Server replays them from (step seed, scalars).
             # Buffers (BatchNorm running statistics) depend on data and travel as tensors.
             params = {f"{p}.{n}" for p, m in self.modules.items() for n, _ in m.named_parameters()}
+            # (Only averaged modules are sent at all; seeds mode then drops their parameters.)
+
             state = {k: v for k, v in state.items() if k not in params}
             self.zo_seeds = torch.tensor([s for s, _ in c.zo_record], dtype=torch.int64)  # (h,)
             self.zo_scalars = torch.tensor([g for _, g in c.zo_record], dtype=torch.float32)

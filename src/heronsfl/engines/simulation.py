@@ -129,9 +129,15 @@ class Simulation:
     def averaged(self) -> dict[str, nn.Module]:
         """The template modules whose state the Fed-Server averages (prefix -> module)."""
         mods: dict[str, nn.Module] = {"client": self.model.client}
-        if self.algo.uses_aux_head and self.model.aux is not None:
+        if self.algo.uses_aux_head and self.algo.averages_aux and self.model.aux is not None:
             mods["aux"] = self.model.aux
         return mods
+
+    def personal(self) -> dict[str, nn.Module]:
+        """Template modules each client keeps for itself (FSL-SAGE's aux heads)."""
+        if self.algo.uses_aux_head and not self.algo.averages_aux and self.model.aux is not None:
+            return {"aux": self.model.aux}
+        return {}
 
     # ------------------------------------------------------------------ one round
     def begin_round(self) -> dict[str, Tensor]:
@@ -146,6 +152,11 @@ class Simulation:
     def client_run(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> ClientRun:
         """Client `client_id`'s round, on fresh copies of the template modules."""
         modules = {k: copy.deepcopy(m) for k, m in self.averaged().items()}
+        own = {k: copy.deepcopy(m) for k, m in self.personal().items()}
+        state = self.algo.personal_state(self.server, client_id)
+        if state is not None:  # as the client last received it: at wire precision
+            load_prefixed(own, to_wire(state, self.algo.wire_dtype))
+
         server = self.server
         if self.algo.server_schedule == "parallel":  # SFLV1: this client's own server copy
             server = new_server_state(copy.deepcopy(self.model.server), self.cfg)
@@ -156,11 +167,12 @@ class Simulation:
             self.parts[client_id],
             self.round,
             client_id,
-            modules,
+            {**modules, **own},
             wire_state,
             self.device,
             server=server,
             measure=measure,
+            sends=set(modules),
         )
 
     def participants(self) -> list[int]:
@@ -256,6 +268,10 @@ class Simulation:
             if run.step_cost is not None:
                 self.step_cost = run.step_cost
         self.global_state = avg.result(like=self.global_state)
+        # Server work after the round (FSL-SAGE's alignment) and what it sends each client.
+        for state in self.algo.end_of_round(self.server, self.round, self.personal()).values():
+            self.comm.add("down", "aux", to_wire(state, self.algo.wire_dtype).values())
+
         server_losses = self.server.losses[self._server_losses_before :]
         record: dict[str, Any] = {"round": self.round}
         if self.round % cfg.train.eval_every == 0 or self.round == cfg.rounds:
@@ -290,6 +306,7 @@ class Simulation:
             if self.server.optimizer is None
             else self.server.optimizer.state_dict(),
             "comm": self.comm.state_dict(),
+            "server_extra": self.server.extra,
             "step_cost": None if sc is None else dataclasses.asdict(sc),
         }
 
@@ -300,6 +317,8 @@ class Simulation:
         if self.server.optimizer is not None and state["server_optimizer"] is not None:
             self.server.optimizer.load_state_dict(state["server_optimizer"])
         self.comm.load_state_dict(state["comm"])
+        self.server.extra = state["server_extra"]
+
         sc = state["step_cost"]
         self.step_cost = None if sc is None else StepCost(**sc)
 
@@ -309,7 +328,9 @@ class Simulation:
     def evaluate(self) -> EvalResult:
         """Global client -> server (test/accuracy) and global client -> aux (aux/accuracy)."""
         load_prefixed(self.averaged(), self.global_state)
-        has_aux = self.algo.uses_aux_head and self.model.aux is not None
+        # aux/accuracy: the averaged aux head; per-client heads (FSL-SAGE) are not evaluated.
+        has_aux = "aux" in self.averaged()
+
         for m in (self.model.client, self.model.server, self.model.aux):
             if m is not None:
                 m.eval()

@@ -40,15 +40,28 @@ class BasicBlock(nn.Module):
 
 
 def resnet18_stages(
-    num_classes: int = 10, width: int = 64, in_channels: int = 3
+    num_classes: int = 10, width: int = 64, in_channels: int = 3, stem: str = "cifar"
 ) -> OrderedDict[str, nn.Module]:
-    """Named stages of ResNet-18; stage names are the allowed cut points (all but the head)."""
+    """Named stages of ResNet-18; stage names are the allowed cut points (all but the head).
+
+    stem "cifar": 3x3 conv, stride 1, no max-pool (32x32 stays 32x32). stem "imagenet": 7x7
+    conv stride 2 + 3x3 max-pool stride 2 (32x32 becomes 8x8), torchvision's layout.
+    """
     stages: OrderedDict[str, nn.Module] = OrderedDict()
-    stages["stem"] = nn.Sequential(
-        nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(inplace=True),
-    )
+    if stem == "imagenet":
+        stages["stem"] = nn.Sequential(
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+    else:
+        stages["stem"] = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+
     c_in = width
     for i, (mult, stride) in enumerate([(1, 1), (2, 2), (4, 2), (8, 2)], start=1):
         c_out = width * mult

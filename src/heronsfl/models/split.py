@@ -68,6 +68,17 @@ def build_aux_head(kind: str, cut_shape: tuple[int, ...], num_classes: int) -> n
         return nn.Sequential(
             nn.Flatten(), nn.Linear(int(torch.tensor(cut_shape).prod()), num_classes)
         )
+    if kind == "resblock":
+        from heronsfl.models.resnet import BasicBlock
+
+        c = cut_shape[0]
+        return nn.Sequential(
+            BasicBlock(c, 2 * c, 2),
+            BasicBlock(2 * c, 2 * c, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(2 * c, num_classes),
+        )
     if kind == "conv":
         c = cut_shape[0]
         return nn.Sequential(

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import torch
+
+from heronsfl.algorithms.base import task_loss
+from heronsfl.algorithms.fsl_sage import FSLSAGE
+from heronsfl.tasks import build_split_model
+from tests.conftest import tiny_config
+
+
+def _gradients(module: torch.nn.Module, acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    a = acts.clone().requires_grad_(True)
+    return torch.autograd.grad(task_loss(module(a), labels, reduction="sum"), a)[0]
+
+
+def test_alignment_makes_the_aux_gradient_match_the_servers() -> None:
+    # Prepare
+    cfg = tiny_config("algorithm=fsl-sage", "fsl_sage.align_epochs=20", "fsl_sage.align_lr=1e-2")
+    model = build_split_model(cfg)
+    assert model.aux is not None
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(64, *model.cut_shape, generator=g)
+    labels = torch.randint(0, 10, (64,), generator=g)
+    model.server.eval()  # fixed BatchNorm statistics: the target is a fixed function of acts
+    target = _gradients(model.server, acts, labels)
+    before = (_gradients(model.aux, acts, labels) - target).square().mean()
+    # Execute
+    FSLSAGE(cfg)._align(model.server, model.aux, acts, labels)
+    # Assert
+    model.aux.eval()
+    after = (_gradients(model.aux, acts, labels) - target).square().mean()
+    assert after < 0.5 * before, (float(before), float(after))
+
+
+def test_aux_heads_stay_per_client_and_alignment_downloads_are_counted() -> None:
+    from heronsfl.engines.simulation import Simulation
+
+    sim = Simulation(tiny_config("algorithm=fsl-sage", "rounds=2", "fsl_sage.align_every=2"))
+    records = sim.run()
+    assert "aux" not in sim.averaged()  # the Fed-Server averages the client sub-model only
+    aux_bytes = sum(
+        t.numel() * 4 for t in sim.model.aux.state_dict().values() if t.is_floating_point()
+    ) + sum(t.numel() * 8 for t in sim.model.aux.state_dict().values() if not t.is_floating_point())
+    assert "comm/down_aux_bytes" not in records[0]
+    assert records[1]["comm/down_aux_bytes"] == 3 * aux_bytes  # fp32 wire, 3 clients
+    stored = sim.server.extra["aux"]
+    assert sorted(stored) == [0, 1, 2]
+    assert any(not torch.equal(stored[0][k], stored[1][k]) for k in stored[0])
