@@ -43,6 +43,12 @@ def test_quoted_newlines_and_crlf_stay_inside_one_reference() -> None:
     assert not any(ref.endswith("\r") or mr.endswith("\r") for mr, ref in rows)
 
 
+def test_ignore_index_is_the_losses() -> None:
+    from heronsfl.lm.e2e import IGNORE_INDEX as LM_IGNORE
+
+    assert LM_IGNORE == IGNORE_INDEX
+
+
 def test_grouping_keeps_first_appearance_order() -> None:
     rows = [("b", "1"), ("a", "2"), ("b", "3")]
     assert group_references(rows) == [("b", ["1", "3"]), ("a", ["2"])]

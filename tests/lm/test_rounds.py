@@ -70,3 +70,31 @@ def test_scores_match_hand_checked_values(monkeypatch: pytest.MonkeyPatch) -> No
     assert "meteor" not in worse and all(worse[k] < s[k] for k in worse)
     with pytest.raises(ValueError, match="one hypothesis per MR"):
         score_e2e(hyps[:1], refs)
+
+
+def test_bench_measures_an_lm_task(tiny_lm_task: str) -> None:
+    from heronsfl.bench import resources
+
+    rows = {
+        r["algorithm"]: r
+        for r in resources(tiny_lm_task, batch_size=2, algorithms=["heron-sfl", "splitlora"])
+    }
+    assert all(
+        r["client_macs_per_step"] > 0 and r["client_peak_mem_bytes"] > 0 for r in rows.values()
+    )
+    # SplitLoRA's gradient comes back at the cut: B x T x C at FP16 (tiny presets: T 32, C 32).
+    assert rows["splitlora"]["downlink_bytes_per_step"] == 2 * 32 * 32 * 2
+    assert rows["heron-sfl"]["downlink_bytes_per_step"] == 0
+
+
+def test_lm_tasks_are_registered_with_the_paper_cuts() -> None:
+    from heronsfl.lm.tasks import PRESETS, random_inputs
+    from heronsfl.tasks import TASKS
+
+    assert TASKS["gpt2s-e2e"].paper_cut == "h.2" and TASKS["gpt2m-e2e"].paper_cut == "h.5"
+    assert TASKS["smollm2-e2e"].paper_cut == "layers.2" and TASKS["gpt2m-e2e"].reports_perplexity
+    x, y = random_inputs(PRESETS["gpt2m-e2e"], 2, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (2, 512)
+    targets = (y[0] != -100).nonzero().flatten().tolist()
+    assert targets == list(range(32, 58))  # E2E's mean prompt (33) and reference (26) lengths
+    assert torch.equal(y[:, 32:58], x[:, 33:59])

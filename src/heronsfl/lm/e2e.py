@@ -26,11 +26,13 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from heronsfl.algorithms.base import IGNORE_INDEX
 from heronsfl.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# algorithms.base.IGNORE_INDEX (PyTorch's cross-entropy default), not imported from there: the
+# algorithms package imports engine code that imports the task registry, which imports this.
+IGNORE_INDEX = -100
 E2ESplit = Literal["train", "dev", "test"]
 # The official release (tuetschek/e2e-dataset, CC BY-SA 4.0) and the sha256 of each file.
 E2E_FILES: dict[str, tuple[str, str, int]] = {

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.module import _IncompatibleKeys
 
-from heronsfl.algorithms.base import IGNORE_INDEX
+from heronsfl.lm.e2e import IGNORE_INDEX
 from heronsfl.models.split import SplitModel
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

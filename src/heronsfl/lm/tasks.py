@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from heronsfl.algorithms.base import IGNORE_INDEX
 from heronsfl.config import RunConfig
 from heronsfl.errors import DataError
 from heronsfl.lm.e2e import (
     E2E_PROMPT_TOKENS,
     E2E_TARGET_TOKENS,
+    IGNORE_INDEX,
     ByteTokenizer,
     E2ESplit,
     TokenDataset,
@@ -230,7 +230,8 @@ def random_inputs(preset: LMPreset, n: int, gen: torch.Generator) -> tuple[Tenso
     Costs depend on shapes and on where targets are, not on token values."""
     x = torch.randint(0, preset.vocab_size, (n, preset.seq_len), generator=gen)
     y = torch.full_like(x, IGNORE_INDEX)
-    start = min(E2E_PROMPT_TOKENS, preset.seq_len) - 1  # position predicting the first target
+    # Position predicting the first target (short test sequences: half prompt, half target).
+    start = min(E2E_PROMPT_TOKENS, preset.seq_len // 2) - 1
     end = min(start + E2E_TARGET_TOKENS, preset.seq_len - 1)
     y[:, start:end] = x[:, start + 1 : end + 1]
     return x, y
