@@ -26,7 +26,7 @@ from heronsfl.tasks import build_split_model, get_task
 
 
 def _config(
-    task: str, algorithm: str, batch_size: int, device: str, overrides: list[str]
+    task: str, algorithm: str, batch_size: int, device: str, overrides: list[str], h: int
 ) -> RunConfig:
     return with_overrides(
         RunConfig(),
@@ -35,7 +35,7 @@ def _config(
             f"algorithm={algorithm}",
             f"train.batch_size={batch_size}",
             f"device={device}",
-            "train.local_steps=2",
+            f"train.local_steps={max(h, 2)}",  # sizes per-round figures; 2 steps are run
             "train.upload_every=2",  # step 0 warms up, step 1 uploads and is measured
             *overrides,
         ],
@@ -72,9 +72,13 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     )
     down = _state_bytes(averaged, algo.wire_dtype.itemsize, buffers_only=False)
     up = down
-    if algo.zeroth_order_client and cfg.zo.exchange == "seeds":
+    h = cfg.train.local_steps
+    if algo.shared_client_model:
+        # HO-SFL: no parameters travel; P fp32 scalars up and P down per local step.
+        down = up = h * 4 * cfg.ho_sfl.num_probes
+    elif algo.zeroth_order_client and cfg.zo.exchange == "seeds":
         # Per local step one 8-byte step seed and q fp32 scalars; buffers still travel.
-        h, q = cfg.train.local_steps, cfg.zo.num_probes
+        q = cfg.zo.num_probes
         up = _state_bytes(averaged, algo.wire_dtype.itemsize, buffers_only=True) + h * (8 + 4 * q)
     return {
         "algorithm": cfg.algorithm,
@@ -119,7 +123,8 @@ def resources(
 ) -> list[dict[str, Any]]:
     """One row per algorithm (plus HERON-SFL with the seeds exchange, when HERON is listed).
 
-    `local_steps` (h) only sizes the seeds exchange's per-round upload: h * (8 + 4q) bytes.
+    `local_steps` (h) sizes the per-round exchanges that grow with it: the seeds exchange's
+    h * (8 + 4q) bytes and HO-SFL's h * 4P scalars each way.
     """
     names = algorithms or list(ALGORITHMS)
     variants = [(name, []) for name in names]
@@ -127,9 +132,8 @@ def resources(
         variants.append(("heron-sfl", ["zo.exchange=seeds"]))
     rows = []
     for name, extra in variants:
-        cfg = _config(task, name, batch_size, device, [*overrides, *extra])
-        # The measured step uses h = 2 (warm-up + upload step); h only scales the seeds upload.
-        row = measure(with_overrides(cfg, [f"train.local_steps={local_steps}"]) if extra else cfg)
+        cfg = _config(task, name, batch_size, device, [*overrides, *extra], local_steps)
+        row = measure(cfg)
         row["label"] = f"{name} (seeds)" if extra else name
         # A decoupled client uploads every k-th step; a synchronous one every step.
         k = 1 if ALGORITHMS[name].sends_gradients else upload_every

@@ -100,6 +100,13 @@ class FSLSAGEConfig:
 
 
 @dataclass(frozen=True)
+class HOSFLConfig:
+    """HO-SFL's probes (Chen et al. 2026)."""
+
+    num_probes: int = _f(5, "P: shared-seed perturbed forwards per step (paper: 5 for vision)")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Where the network is cut and what the client's auxiliary head looks like."""
 
@@ -169,6 +176,7 @@ class RunConfig:
     server_optim: OptimConfig = field(default_factory=OptimConfig)
     zo: ZOConfig = field(default_factory=ZOConfig)
     fsl_sage: FSLSAGEConfig = field(default_factory=FSLSAGEConfig)
+    ho_sfl: HOSFLConfig = field(default_factory=HOSFLConfig)
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -348,7 +356,7 @@ def validate(cfg: RunConfig) -> list[str]:
                 "use heron-sfl or cse-fsl"
             )
     if cfg.zo.exchange == "seeds" and cfg.algorithm in ALGORITHMS:
-        if not ALGORITHMS[cfg.algorithm].zeroth_order_client:
+        if not hasattr(ALGORITHMS[cfg.algorithm], "replay"):
             p.append(
                 f"zo.exchange = 'seeds' needs a zeroth-order client, not {cfg.algorithm!r}; "
                 "use heron-sfl or mezo, or zo.exchange=params"
@@ -374,6 +382,7 @@ def validate(cfg: RunConfig) -> list[str]:
         ("train.eval_every", t.eval_every),
         ("train.eval_batch_size", t.eval_batch_size),
         ("zo.num_probes", cfg.zo.num_probes),
+        ("ho_sfl.num_probes", cfg.ho_sfl.num_probes),
         ("fsl_sage.buffer_size", cfg.fsl_sage.buffer_size),
         ("fsl_sage.align_every", cfg.fsl_sage.align_every),
         ("fsl_sage.align_epochs", cfg.fsl_sage.align_epochs),

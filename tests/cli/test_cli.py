@@ -61,7 +61,7 @@ def test_run_refuses_to_overwrite_a_completed_run(
 
 
 BAD_INPUT = [
-    (["algorithm=nope"], "unknown algorithm 'nope'; known: cse-fsl, fedavg, heron-sfl"),
+    (["algorithm=nope"], "unknown algorithm 'nope'; known: cse-fsl, fedavg, fsl-sage, heron-sfl"),
     (["task=mnist-vit"], "unknown task 'mnist-vit'"),
     (["train.batch_sise=4"], "did you mean 'batch_size'"),
     (["train.batch_size=0"], "train.batch_size = 0 must be > 0"),

@@ -59,7 +59,12 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
         if not t.is_floating_point()
     )
     model_bytes = rounds * clients * (2 * model_elems + 0) * 2 + rounds * clients * 2 * int_bytes
+    scalar_bytes = 0
+    if algo.shared_client_model:  # HO-SFL: P fp32 scalars up and P down per client per step
+        model_bytes = 0
+        scalar_bytes = 2 * rounds * clients * h * sim.cfg.ho_sfl.num_probes * 4
     last = records[-1]
+    assert last.get("comm/up_zo_scalars_bytes", 0) == scalar_bytes // 2
     # Assert
     assert last.get("comm/up_activations_bytes", 0) == p * q * 2
     assert last.get("comm/up_labels_bytes", 0) == p * 8
@@ -68,7 +73,7 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
     assert last.get("comm/down_gradients_bytes", 0) == grads
     assert (
         last["comm/uplink_bytes"] + last["comm/downlink_bytes"]
-        == p * q * 2 * (2 if algo.sends_gradients else 1) + p * 8 + model_bytes
+        == p * q * 2 * (2 if algo.sends_gradients else 1) + p * 8 + model_bytes + scalar_bytes
     )
     if algo.uses_aux_head:
         assert count_params(sim.model.aux) > 0

@@ -7,6 +7,7 @@ from heronsfl.algorithms.cse_fsl import CSEFSL
 from heronsfl.algorithms.fedavg import FedAvg
 from heronsfl.algorithms.fsl_sage import FSLSAGE
 from heronsfl.algorithms.heron_sfl import HeronSFL
+from heronsfl.algorithms.ho_sfl import HOSFL
 from heronsfl.algorithms.mezo import MeZO
 from heronsfl.algorithms.sflv1 import SFLV1
 from heronsfl.algorithms.sflv2 import SFLV2
@@ -18,6 +19,7 @@ ALGORITHMS: dict[str, type[SplitAlgorithm]] = {
     "sflv2": SFLV2,
     "cse-fsl": CSEFSL,
     "fsl-sage": FSLSAGE,
+    "ho-sfl": HOSFL,
     "fedavg": FedAvg,
     "mezo": MeZO,
     "splitlora": SplitLoRA,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -57,6 +57,8 @@ class ClientState:
     optimizer: torch.optim.Optimizer | None
     step: int = 0
     pending: Tensor | None = None  # sync SFL: activations whose graph waits for the gradient
+    pending_input: Tensor | None = None  # HO-SFL: the batch its probes re-run after λ arrives
+
     losses: list[float] = field(default_factory=list)
     zo_record: list[tuple[int, list[float]]] = field(default_factory=list)  # (step seed, g_i)
 
@@ -104,6 +106,13 @@ class SplitAlgorithm(ABC):
     trains_whole_model: ClassVar[bool] = False
     server_schedule: ClassVar[Literal["sequential", "parallel"]] = "sequential"
     averages_aux: ClassVar[bool] = True  # False: each client keeps its own aux head (FSL-SAGE)
+    # True: clients keep one client model in sync by applying the same broadcast update every
+    # step (HO-SFL); no parameters are exchanged and the engine calls `synchronize` per step.
+    shared_client_model: ClassVar[bool] = False
+
+    def synchronize(self, clients: Sequence[ClientState]) -> Tensor:
+        """The cross-client step of a shared-model algorithm; returns what is broadcast."""
+        raise NotImplementedError(f"{self.name} does not share one client model")
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg

@@ -85,7 +85,9 @@ class ClientRun:
         self.comm = CommCounter()
         self.comm.add("down", "model", wire_state.values())
         self.step_cost: StepCost | None = None
+        self.client: ClientState | None = None  # while iterating
         self.zo_seeds: Tensor | None = None  # zo.exchange = "seeds": (h,) step seeds
+
         self.zo_scalars: Tensor | None = None  # and (h, q) projected gradients
 
     def _batch(self, idx: Tensor, gen: torch.Generator) -> Batch:
@@ -98,6 +100,8 @@ class ClientRun:
         aux = self.modules["aux"].train() if "aux" in self.modules else None
         c = ClientState(self.client_id, self.round, client, aux, None)
         c.optimizer = algo.new_client_optimizer(c)
+        self.client = c  # a shared-model engine reads each client's per-step scalars
+
         seed = cfg.seed
         batches = round_batches(
             self.indices,
@@ -136,6 +140,7 @@ class ClientRun:
         self.losses = c.losses
 
         self.modules = {}  # free the client's modules and optimizer before the next client
+        self.client = None
 
     def drain(self) -> list[Upload]:
         """Run to the end and return the uploads (a decoupled client's whole round)."""

@@ -109,6 +109,7 @@ class Simulation:
         self.round = 0
         self._t0 = 0.0
         self._wire_state: dict[str, Tensor] = {}
+        self._shared: dict[str, nn.Module] = {}
 
         self._server_losses_before = 0
 
@@ -214,6 +215,8 @@ class Simulation:
             self.model.server.load_state_dict(
                 server_avg.result(like=self.model.server.state_dict())
             )
+        elif self.algo.shared_client_model:
+            done = self._shared_model_round(clients)
         elif self.algo.sends_gradients:  # SFLV2: turns in a seeded random order, inline answers
             perm = numpy_rng(cfg.seed, "order", self.round).permutation(len(clients))
             for run in runs([clients[i] for i in perm]):
@@ -249,6 +252,39 @@ class Simulation:
         replay(c, run.zo_seeds.tolist(), run.zo_scalars.tolist())
         return {**prefixed_state(mods), **run.state}
 
+    def _shared_model_round(self, clients: list[int]) -> list[ClientRun]:
+        """HO-SFL: every client holds the same client model and applies the same broadcast
+        update after each step, so one module set serves them all and no parameters travel."""
+        shared = {k: copy.deepcopy(m) for k, m in self.averaged().items()}
+        load_prefixed(shared, self.global_state)
+        runs = [
+            ClientRun(
+                self.algo,
+                self.task,
+                self.train_set,
+                self.parts[cid],
+                self.round,
+                cid,
+                shared,
+                {},  # nothing is broadcast: the clients already hold the model
+                self.device,
+                server=self.server,
+                measure=self.step_cost is None and i == 0,
+                sends=set(),
+            )
+            for i, cid in enumerate(clients)
+        ]
+        for _ in zip(*runs, strict=True):
+            states = [run.client for run in runs]
+            assert all(s is not None for s in states), "clients are mid-round"
+            mean = self.algo.synchronize(states)  # type: ignore[arg-type]
+            for run, state in zip(runs, states, strict=True):
+                assert state is not None, "clients are mid-round"
+                run.comm.add("up", "zo_scalars", [torch.tensor(state.zo_record[-1][1])])
+                run.comm.add("down", "zo_scalars", [mean])
+        self._shared = shared
+        return runs
+
     def _weight(self, run: ClientRun) -> float:
 
         return 1.0 if self.cfg.train.aggregation == "uniform" else float(run.num_samples)
@@ -260,14 +296,21 @@ class Simulation:
         client_losses: list[float] = []
         for run in runs:
             assert run.state is not None, "a finished client run holds its state"
-            avg.add(self.client_state(run), self._weight(run))
+            if run.state or run.zo_seeds is not None:  # a shared-model client sends no state
+                avg.add(self.client_state(run), self._weight(run))
 
             client_losses += run.losses
             for key, nbytes in run.comm.bytes.items():
                 self.comm.bytes[key] += nbytes
             if run.step_cost is not None:
                 self.step_cost = run.step_cost
-        self.global_state = avg.result(like=self.global_state)
+        if self.algo.shared_client_model:
+            self.global_state = {
+                k: v.detach().clone() for k, v in prefixed_state(self._shared).items()
+            }
+        else:
+            self.global_state = avg.result(like=self.global_state)
+
         # Server work after the round (FSL-SAGE's alignment) and what it sends each client.
         for state in self.algo.end_of_round(self.server, self.round, self.personal()).values():
             self.comm.add("down", "aux", to_wire(state, self.algo.wire_dtype).values())

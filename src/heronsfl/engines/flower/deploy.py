@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -326,8 +327,16 @@ def write_app(app_dir: Path, cfg: RunConfig, opts: DeployOptions) -> Path:
     return path
 
 
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    """data.root and data.cache_dir as absolute paths: Flower's processes have their own cwd."""
+    data = cfg.data
+    root = str(Path(data.root).resolve())
+    cache = str(Path(data.cache_dir).resolve()) if data.cache_dir else ""
+    return replace(cfg, data=replace(data, root=root, cache_dir=cache))
+
+
 def cmd_local(ns: argparse.Namespace) -> int:
-    cfg = _config(ns.args)
+    cfg = _absolute_paths(_config(ns.args))
     out = Path(ns.out or f"runs/deploy-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
     out = out.resolve()
     opts = _options(ns, out)

@@ -1,0 +1,88 @@
+"""HO-SFL: hybrid-order split federated learning with a Lagrangian surrogate.
+
+Paper: Chen, Wu, Wang, Chen, "HO-SFL" (arXiv 2603.14773). Each local step:
+1. Client: unperturbed forward z = f_c(x), uploads (z, y).
+2. Main server: one FO step, returns λ = ∂l/∂z.
+3. Client: P perturbed forwards z_p = f_c(x; θ + μu_p), the u_p drawn from seeds shared by all
+   clients, and uploads only the P scalars v_p = <λ, z_p − z>.
+4. Server: averages the scalars over clients, v̄_p, and broadcasts them.
+5. Every client applies θ ← θ − η/(Pμ) Σ_p v̄_p u_p, regenerating u_p from the seeds.
+Since every client starts from the same θ and applies the same update, the client models stay
+identical: the client-model exchange is seeds + scalars only ("dimension-free"), and there is
+no Fed-Server averaging of parameters. Symbols: P = ho_sfl.num_probes (paper: 5 for vision),
+μ = zo.mu (paper: 1e-3), η = client_optim.lr.
+
+Deviations from the paper:
+- BatchNorm running statistics are local to each client in a deployment; the simulator keeps
+  the shared client model's, updated by every client's unperturbed forward in turn (not sent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm
+from heronsfl.messages import Batch, Download, Upload
+from heronsfl.rng import derive_seed
+from heronsfl.zo.perturb import dropout_off, frozen_batchnorm_stats, perturb_
+
+
+class HOSFL(SplitAlgorithm):
+    name: ClassVar[str] = "ho-sfl"
+    summary: ClassVar[str] = "ZO client via server λ and P shared-seed probes; scalars only"
+    sends_gradients: ClassVar[bool] = True
+    uses_aux_head: ClassVar[bool] = False
+    zeroth_order_client: ClassVar[bool] = True
+    shared_client_model: ClassVar[bool] = True
+
+    def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
+        return None  # the update is in place, from the broadcast scalars
+
+    def probe_seeds(self, round_idx: int, step: int) -> list[int]:
+        """Shared by every client: the same u_p everywhere, so averaged scalars make sense."""
+        return [
+            derive_seed(self.cfg.seed, "ho-sfl", round_idx, step, p)
+            for p in range(self.cfg.ho_sfl.num_probes)
+        ]
+
+    @torch.no_grad()
+    def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
+        with dropout_off(c.model):
+            z = c.model(batch.x)  # (B, *cut_shape); updates BN running statistics
+        c.pending = z
+        c.pending_input = batch.x
+        return self._upload(c, z, batch.y)
+
+    @torch.no_grad()
+    def client_apply(self, c: ClientState, down: Download) -> None:
+        """v_p = <λ, z_p − z> for the P shared directions; kept for the cross-client step."""
+        assert c.pending is not None and c.pending_input is not None, "client_step first"
+        lam = down.gradient.to(c.pending)  # λ at the client's dtype and device
+        params, mu = c.trainable(), self.cfg.zo.mu
+        scalars = []
+        with dropout_off(c.model), frozen_batchnorm_stats(c.model):
+            for seed in self.probe_seeds(c.round, c.step):
+                perturb_(params, seed, mu, self.cfg.zo.distribution)
+                z_p = c.model(c.pending_input)
+                perturb_(params, seed, -mu, self.cfg.zo.distribution)
+                scalars.append(float((lam * (z_p - c.pending)).sum()))  # host sync per probe
+                del z_p
+        c.pending = c.pending_input = None
+        c.zo_record.append((c.step, scalars))
+
+    @torch.no_grad()
+    def synchronize(self, clients: Sequence[ClientState]) -> torch.Tensor:
+        """Server averages the clients' scalars; every client applies the same update.
+
+        The clients share one model here, so the update is applied once. Returns v̄ (P,).
+        """
+        c0 = clients[0]
+        mean = torch.tensor([c.zo_record[-1][1] for c in clients], dtype=torch.float32).mean(0)
+        params, mu, lr = c0.trainable(), self.cfg.zo.mu, self.cfg.client_optim.lr
+        p_count = len(mean)
+        for seed, v in zip(self.probe_seeds(c0.round, c0.step), mean.tolist(), strict=True):
+            perturb_(params, seed, -lr * v / (p_count * mu), self.cfg.zo.distribution)
+        return mean
