@@ -78,7 +78,6 @@ def test_bench_cli_json_has_the_documented_keys(capsys: pytest.CaptureFixture[st
     assert seeds["model_up_bytes_per_round"] < rows[0]["model_up_bytes_per_round"] / 10
 
 
-
 def test_bench_unknown_algorithm_is_a_user_error(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["bench", "resources", "--task", "cnn-digits", "--algorithms", "heron"])
     assert code == 2 and "unknown algorithm 'heron'" in capsys.readouterr().err
