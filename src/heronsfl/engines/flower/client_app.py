@@ -63,9 +63,9 @@ def check_supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> None:
     if algo.sends_gradients or algo.server_schedule == "parallel":
         raise ConfigError(
             f"algorithm {algo.name!r} needs the server's gradient after every local step; on "
-            "Flower each exchange is a server-initiated message round trip (about 6 s measured "
-            "on 127.0.0.1, see docs/deploy.md), so it is not supported by `heronsfl deploy`. "
-            "Run it with `heronsfl run`, or deploy a decoupled algorithm "
+            "Flower every step would be a full message round trip (the smallest one measured "
+            "9 to 16 s on 127.0.0.1, see docs/deploy.md), so it is not supported by "
+            "`heronsfl deploy`. Run it with `heronsfl run`, or deploy a decoupled algorithm "
             "(heron-sfl, cse-fsl, fedavg, mezo)"
         )
 

@@ -84,10 +84,10 @@ class FlowerServer:
         try:
             if writer.checkpoint is not None:
                 self.sim.load_state_dict(writer.checkpoint)
-                last = records[-1]
+                last = records[-1]  # (a run begun by `heronsfl run` has no Flower bytes yet)
                 self.flower_bytes = {
-                    "up": last["flower/uplink_bytes"],
-                    "down": last["flower/downlink_bytes"],
+                    "up": last.get("flower/uplink_bytes", 0),
+                    "down": last.get("flower/downlink_bytes", 0),
                 }
                 log.warning("resuming %s after round %d", writer.dir, self.sim.round)
             t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
@@ -133,11 +133,13 @@ class FlowerServer:
         exchange_s = time.perf_counter() - t
         arrived = self._accept(replies, {clients[c]: c for c in requests})
         dropped = [c for c in participants if c not in arrived]
-        if dropped:
+        if absent := [c for c in participants if c not in clients]:
+            log.warning("round %d: client(s) %s not connected", sim.round, absent)
+        if silent := [c for c in dropped if c in clients]:
             log.warning(
                 "round %d: no reply from client(s) %s within %.0f s; going on with %d of %d",
                 sim.round,
-                dropped,
+                silent,
                 opts.round_timeout_s,
                 len(arrived),
                 len(participants),
