@@ -33,12 +33,19 @@ class WeightedAverage:
         self._total += weight
 
     def result(self, like: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The average, cast back to the dtypes of `like` (the global model's own state)."""
+        """The average, cast back to the dtypes of `like` (the global model's own state).
+
+        Keys of `like` that no client sent (frozen parameters) keep their value bit for bit.
+        """
         if self._total == 0:
             raise ValueError("no client state to aggregate: at least one client must report")
         out: dict[str, Tensor] = {}
         for key, ref in like.items():
+            if key not in self._sum:
+                out[key] = ref
+                continue
             avg = self._sum[key] / self._total
+
             out[key] = (avg if ref.is_floating_point() else avg.round()).to(ref.dtype)
         return out
 

@@ -141,7 +141,11 @@ class DataConfig:
         "", "where decoded images are cached; empty = $XDG_CACHE_HOME/heronsfl or ~/.cache/heronsfl"
     )
     partition: str = _f("iid", "how training data is split across clients (see `heronsfl ls`)")
-    alpha: float = _f(0.5, "Dirichlet concentration for dirichlet partitions (small = skewed)")
+    alpha: float = _f(
+        0.5,
+        "Dirichlet concentration of dirichlet / dirichlet-equal "
+        "(0.01 ≈ one class per client, 1e4 ≈ IID)",
+    )
     shards_per_client: int = _f(2, "label-sorted shards per client for the shards partition")
     augment: bool = _f(True, "random crop + horizontal flip on image tasks that use it")
     train_subset: int = _f(0, "use only the first N shuffled training samples (0 = all)")
@@ -350,11 +354,13 @@ def validate(cfg: RunConfig) -> list[str]:
     if cfg.algorithm not in ALGORITHMS:
         p.append(f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
     if cfg.model.freeze_client and cfg.algorithm in ALGORITHMS:
-        if not ALGORITHMS[cfg.algorithm].uses_aux_head:
+        algo = ALGORITHMS[cfg.algorithm]
+        if not (algo.uses_aux_head and algo.averages_aux):  # the control trains the aux locally
             p.append(
-                f"model.freeze_client needs an algorithm with an aux head, not {cfg.algorithm!r}; "
-                "use heron-sfl or cse-fsl"
+                f"model.freeze_client needs a client that trains its aux head, not "
+                f"{cfg.algorithm!r}; use heron-sfl or cse-fsl"
             )
+
     if cfg.zo.exchange == "seeds" and cfg.algorithm in ALGORITHMS:
         if not hasattr(ALGORITHMS[cfg.algorithm], "replay"):
             p.append(

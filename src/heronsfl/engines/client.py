@@ -29,10 +29,29 @@ def prefixed_state(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
     return {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in m.state_dict().items()}
 
 
+def travelling_state(modules: dict[str, nn.Module]) -> dict[str, Tensor]:
+    """What crosses the wire: trainable parameters and buffers (BatchNorm statistics).
+
+    Frozen parameters (a frozen client, a LoRA base model) never change, and every party builds
+    them itself from the same seed or checkpoint, so they are never sent.
+    """
+    out = {}
+    for prefix, m in modules.items():
+        for name, p in m.named_parameters():
+            if p.requires_grad:
+                out[f"{prefix}.{name}"] = p.detach()
+        for name, b in m.named_buffers():
+            out[f"{prefix}.{name}"] = b.detach()
+    return out
+
+
 def load_prefixed(modules: dict[str, nn.Module], state: dict[str, Tensor]) -> None:
+    """Load a (possibly partial: see travelling_state) prefixed state into the modules."""
     for prefix, m in modules.items():
         n = len(prefix) + 1
-        m.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+        sub = {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        unexpected = m.load_state_dict(sub, strict=False).unexpected_keys
+        assert not unexpected, f"state keys {unexpected} do not belong to {prefix!r}"
 
 
 def measured_step(algo: SplitAlgorithm, local_steps: int) -> int:
@@ -124,7 +143,8 @@ class ClientRun:
             if down is not None:
                 self.comm.add("down", "gradients", [down.gradient])
             yield up
-        state = prefixed_state({k: m for k, m in self.modules.items() if k in self.sends})
+        state = travelling_state({k: m for k, m in self.modules.items() if k in self.sends})
+
         if algo.zeroth_order_client and cfg.zo.exchange == "seeds":
             # Parameters stay home: the Fed-Server replays them from (step seed, scalars).
             # Buffers (BatchNorm running statistics) depend on data and travel as tensors.

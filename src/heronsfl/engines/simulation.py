@@ -44,7 +44,7 @@ from heronsfl.algorithms.base import (
 from heronsfl.config import RunConfig
 from heronsfl.data.datasets import ArrayDataset
 from heronsfl.data.partition import partition
-from heronsfl.engines.client import ClientRun, load_prefixed, prefixed_state
+from heronsfl.engines.client import ClientRun, load_prefixed, prefixed_state, travelling_state
 from heronsfl.engines.step import StepCost
 from heronsfl.errors import ConfigError
 from heronsfl.messages import Upload
@@ -147,7 +147,11 @@ class Simulation:
         self._t0 = time.perf_counter()
         self._server_losses_before = len(self.server.losses)
         self.model.server.train()
-        self._wire_state = to_wire(self.global_state, self.algo.wire_dtype)
+        travel = travelling_state(self.averaged()).keys()
+        self._wire_state = to_wire(
+            {k: v for k, v in self.global_state.items() if k in travel}, self.algo.wire_dtype
+        )
+
         return self._wire_state
 
     def client_run(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> ClientRun:
@@ -250,7 +254,7 @@ class Simulation:
         replay = getattr(self.algo, "replay", None)
         assert replay is not None, f"{self.algo.name} cannot replay seeds"
         replay(c, run.zo_seeds.tolist(), run.zo_scalars.tolist())
-        return {**prefixed_state(mods), **run.state}
+        return {**travelling_state(mods), **run.state}
 
     def _shared_model_round(self, clients: list[int]) -> list[ClientRun]:
         """HO-SFL: every client holds the same client model and applies the same broadcast

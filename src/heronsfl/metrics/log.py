@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from heronsfl.config import RunConfig, load_config, to_toml
 from heronsfl.errors import UserError
 
@@ -74,6 +72,8 @@ class RunWriter:
                 f"{self.dir} holds an unfinished run of another config; "
                 "pass --overwrite to start over, or choose another --out"
             )
+        import torch  # here, not at import: `heronsfl report` reads run dirs without torch
+
         try:
             # weights_only: tensors, numbers, strings and containers; nothing is unpickled.
             self.checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -94,6 +94,8 @@ class RunWriter:
         self._metrics.flush()
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch
+
         tmp = self.dir / (CHECKPOINT_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.dir / CHECKPOINT_FILE)

@@ -10,8 +10,10 @@ its partition and drops the rest before training; with `data-path` it loads an .
 its samples only (`heronsfl deploy partition` writes one per client). Nothing of another
 client's data is kept.
 
-State across rounds: none. As in the simulator, a client builds its optimizer afresh every
-round, so there is nothing to keep in the SuperNode's persistent `Context.state`.
+State across rounds: a client builds its optimizer afresh every round, as in the simulator.
+What it must keep is its own (not averaged) modules, e.g. FSL-SAGE's aux head: the server sends
+a new copy only when it has re-aligned it, and the client keeps the last copy it received in the
+SuperNode's persistent `Context.state`.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
-from torch import nn
+from torch import Tensor, nn
 
-from heronsfl.algorithms import get_algorithm
+from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import SplitAlgorithm
 from heronsfl.config import RunConfig
 from heronsfl.data.datasets import ArrayDataset
-from heronsfl.engines.client import ClientRun
+from heronsfl.engines.client import ClientRun, load_prefixed
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.protocol import NodeSettings, RoundReply, RoundRequest
 from heronsfl.engines.simulation import client_partitions, resolve_device
@@ -54,29 +56,41 @@ def train(msg: Message, context: Context) -> Message:
     """One round of this client: global state in, state + uploads + losses out."""
     cfg, _ = codec.settings_from_run_config(context.run_config)
     node = codec.node_settings(context.node_config)
-    reply = client_round(cfg, node, codec.decode_request(msg.content))
+    req = codec.decode_request(msg.content)
+    if req.personal is not None:  # a newer copy of this client's own modules: keep it
+        codec.keep_state(context.state, req.personal)
+    reply = client_round(cfg, node, req, codec.kept_state(context.state))
     return Message(codec.encode_reply(reply), reply_to=msg)
+
+
+def supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> bool:
+    """One exchange per round suffices: the client never waits for the server mid-round."""
+    return not algo.sends_gradients and algo.server_schedule == "sequential"
 
 
 def check_supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> None:
     """Refuse per-batch synchronous algorithms: each step would be a Flower round trip."""
-    if algo.sends_gradients or algo.server_schedule == "parallel":
+    if not supported(algo):
+        ok = ", ".join(name for name, cls in ALGORITHMS.items() if supported(cls))
         raise ConfigError(
-            f"algorithm {algo.name!r} needs the server's gradient after every local step; on "
+            f"algorithm {algo.name!r} needs the server's answer after every local step; on "
             "Flower every step would be a full message round trip (the smallest one measured "
             "9 to 16 s on 127.0.0.1, see docs/deploy.md), so it is not supported by "
-            "`heronsfl deploy`. Run it with `heronsfl run`, or deploy a decoupled algorithm "
-            "(heron-sfl, cse-fsl, fedavg, mezo)"
+            f"`heronsfl deploy`. Run it with `heronsfl run`, or deploy one of: {ok}"
         )
 
 
-def client_modules(cfg: RunConfig, algo: SplitAlgorithm) -> dict[str, nn.Module]:
-    """The modules a client trains and the Fed-Server averages (as in Simulation.averaged)."""
+def client_modules(
+    cfg: RunConfig, algo: SplitAlgorithm
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """A client's modules, freshly initialised from the run seed: those the Fed-Server averages
+    and those the client keeps for itself (as Simulation.averaged and Simulation.personal)."""
     model = build_split_model(cfg, with_aux=algo.uses_aux_head, whole=algo.trains_whole_model)
-    mods: dict[str, nn.Module] = {"client": model.client}
+    averaged: dict[str, nn.Module] = {"client": model.client}
+    own: dict[str, nn.Module] = {}
     if algo.uses_aux_head and model.aux is not None:
-        mods["aux"] = model.aux
-    return mods
+        (averaged if algo.averages_aux else own)["aux"] = model.aux
+    return averaged, own
 
 
 def load_client_data(cfg: RunConfig, node: NodeSettings) -> ArrayDataset:
@@ -99,8 +113,17 @@ def load_client_data(cfg: RunConfig, node: NodeSettings) -> ArrayDataset:
     return ArrayDataset(train_set.x[idx], train_set.y[idx], train_set.classes)
 
 
-def client_round(cfg: RunConfig, node: NodeSettings, req: RoundRequest) -> RoundReply:
-    """Run client `req.client_id`'s round on this node's data; engine-agnostic apart from I/O."""
+def client_round(
+    cfg: RunConfig,
+    node: NodeSettings,
+    req: RoundRequest,
+    kept: dict[str, Tensor] | None = None,
+) -> RoundReply:
+    """Run client `req.client_id`'s round on this node's data.
+
+    `kept` is the state of the client's own modules as it last received it (None: they start
+    from their initialisation, as in the simulator).
+    """
     if node.num_partitions is not None and node.num_partitions != cfg.clients:
         raise ConfigError(
             f"this SuperNode has num-partitions={node.num_partitions} but the run has "
@@ -116,7 +139,9 @@ def client_round(cfg: RunConfig, node: NodeSettings, req: RoundRequest) -> Round
     check_supported(algo)
     device = resolve_device(cfg.device)
     data = load_client_data(cfg, node)
-    modules = {k: m.to(device) for k, m in client_modules(cfg, algo).items()}
+    averaged, own = client_modules(cfg, algo)
+    if own and kept is not None:
+        load_prefixed(own, kept)
     run = ClientRun(
         algo,
         get_task(cfg.task),
@@ -124,10 +149,11 @@ def client_round(cfg: RunConfig, node: NodeSettings, req: RoundRequest) -> Round
         np.arange(len(data)),
         req.round,
         req.client_id,
-        modules,
+        {k: m.to(device) for k, m in {**averaged, **own}.items()},
         req.state,
         device,
         measure=req.measure,
+        sends=set(averaged),
     )
     uploads = run.drain()
     assert run.state is not None, "a drained client run holds its state"

@@ -41,6 +41,7 @@ HELLO = "query"
 # Records inside a message's RecordDict.
 _ROUND = "heronsfl.round"  # ConfigRecord: round, client_id, measure
 _GLOBAL = "heronsfl.global"  # ArrayRecord: global client (+ aux) state
+_PERSONAL = "heronsfl.personal"  # ArrayRecord: a client's own modules (also in its context)
 _RESULT = "heronsfl.result"  # ConfigRecord: ids, sizes, losses, byte counts, step cost
 _STATE = "heronsfl.state"  # ArrayRecord: the client's state after its round
 _UPLOADS = "heronsfl.uploads"  # ArrayRecord: activations.{i}, labels.{i}
@@ -151,25 +152,42 @@ def _scalar(record: ConfigRecord, key: str, kind: type, what: str) -> Any:
 
 
 def encode_request(req: RoundRequest) -> RecordDict:
-    return RecordDict(
-        {
-            _ROUND: ConfigRecord(
-                {"round": req.round, "client_id": req.client_id, "measure": req.measure}
-            ),
-            _GLOBAL: state_to_record(req.state),
-        }
-    )
+    records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
+        _ROUND: ConfigRecord(
+            {"round": req.round, "client_id": req.client_id, "measure": req.measure}
+        ),
+        _GLOBAL: state_to_record(req.state),
+    }
+    if req.personal is not None:
+        records[_PERSONAL] = state_to_record(req.personal)
+    return RecordDict(records)
 
 
 def decode_request(content: RecordDict) -> RoundRequest:
     what = "round request"
     meta = _get(content, _ROUND, ConfigRecord, what)
+    personal = None
+    if _PERSONAL in content:
+        personal = record_to_state(_get(content, _PERSONAL, ArrayRecord, what), "own state")
     return RoundRequest(
         round=_scalar(meta, "round", int, what),
         client_id=_scalar(meta, "client_id", int, what),
         measure=_scalar(meta, "measure", bool, what),
         state=record_to_state(_get(content, _GLOBAL, ArrayRecord, what), "global state"),
+        personal=personal,
     )
+
+
+def kept_state(node_state: RecordDict) -> dict[str, Tensor] | None:
+    """The client's own modules as it last received them (its persistent context), if any."""
+    if _PERSONAL not in node_state:
+        return None
+    return record_to_state(_get(node_state, _PERSONAL, ArrayRecord, "context"), "kept state")
+
+
+def keep_state(node_state: RecordDict, state: dict[str, Tensor]) -> None:
+    """Store the client's own modules in its persistent context (survives between rounds)."""
+    node_state[_PERSONAL] = state_to_record(state)
 
 
 def encode_reply(rep: RoundReply) -> RecordDict:

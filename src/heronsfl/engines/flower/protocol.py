@@ -79,6 +79,9 @@ class RoundRequest:
     client_id: int
     measure: bool  # measure one local step's memory and FLOPs (the run's first client, once)
     state: dict[str, Tensor]  # global client (+ aux) state, wire precision
+    # This client's own modules (FSL-SAGE's aux head), sent only when the server has a newer
+    # one than the client holds; the client keeps it in its SuperNode's persistent context.
+    personal: dict[str, Tensor] | None = None
 
 
 @dataclass

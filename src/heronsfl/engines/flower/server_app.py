@@ -19,6 +19,7 @@ with the same config resumes after the last completed round.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -26,9 +27,12 @@ from collections.abc import Iterable
 from itertools import zip_longest
 from typing import Any, cast
 
+import torch
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
+from torch import Tensor
 
+from heronsfl.aggregation import to_wire
 from heronsfl.algorithms import get_algorithm
 from heronsfl.config import RunConfig
 from heronsfl.engines.client import ClientRun
@@ -71,6 +75,7 @@ class FlowerServer:
         self.grid, self.cfg, self.opts = grid, cfg, opts
         self.sim = Simulation(cfg)  # loads the test set only; clients hold the training data
         self.nodes: dict[int, int] = {}  # node id -> client id, in handshake order
+        self.delivered: dict[int, str] = {}  # client id -> digest of the own state it holds
         # Serialised Flower message bytes, cumulative (next to the algorithm's own counter).
         self.flower_bytes = {"up": 0, "down": 0}
         self._waited_for_all = False
@@ -117,15 +122,17 @@ class FlowerServer:
         wire_state = sim.begin_round()
         participants = sim.participants()
         measured = participants[0] if sim.step_cost is None else None
+        own = {cid: self._own_state(cid) for cid in participants if cid in clients}
         requests = {
             cid: Message(
-                codec.encode_request(RoundRequest(sim.round, cid, cid == measured, wire_state)),
+                codec.encode_request(
+                    RoundRequest(sim.round, cid, cid == measured, wire_state, own[cid][0])
+                ),
                 dst_node_id=clients[cid],
                 message_type=codec.TRAIN,
                 group_id=str(sim.round),
             )
-            for cid in participants
-            if cid in clients
+            for cid in own
         }
         self.flower_bytes["down"] += sum(codec.message_nbytes(m) for m in requests.values())
         t = time.perf_counter()
@@ -150,6 +157,8 @@ class FlowerServer:
                 f"deploy.min_clients = {opts.min_clients}; the run stops, and restarting it with "
                 f"the same --out resumes after round {sim.round - 1}"
             )
+        for cid in arrived:  # their own modules reached them (or they had them already)
+            self.delivered[cid] = own[cid][1]
         order = [c for c in participants if c in arrived]
         self._replay([arrived[c] for c in order])
         # end_round reads only what a RoundReply shares with a finished ClientRun (duck typing).
@@ -160,6 +169,20 @@ class FlowerServer:
         record["deploy/dropped_clients"] = dropped
         record["deploy/exchange_s"] = exchange_s
         return record
+
+    def _own_state(self, cid: int) -> tuple[dict[str, Tensor] | None, str]:
+        """What to send of client `cid`'s own modules (None: it holds the newest already), and
+        the digest of the newest, to remember once it arrived."""
+        state = self.sim.algo.personal_state(self.sim.server, cid)
+        if state is None:
+            return None, ""
+        wire = to_wire(state, self.sim.algo.wire_dtype)  # as the simulator's client loads it
+        digest = hashlib.sha256()
+        for key in sorted(wire):
+            digest.update(key.encode())
+            digest.update(wire[key].cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+        newest = digest.hexdigest()
+        return (None if self.delivered.get(cid) == newest else wire), newest
 
     def _accept(
         self, replies: Iterable[Message], client_of: dict[int, int]
@@ -274,6 +297,7 @@ class FlowerServer:
             if cid in self.nodes.values():
                 log.warning("node %d is client %d too; the newest node serves it", node, cid)
             self.nodes[node] = cid
+            self.delivered.pop(cid, None)  # a new node holds nothing of this client yet
 
 
 def _fmt(record: dict[str, Any]) -> str:
