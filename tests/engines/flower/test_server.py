@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from heronsfl.engines.flower import deploy
+from heronsfl.engines.flower import codec, deploy
 from heronsfl.engines.flower.protocol import DeployError
 from heronsfl.engines.simulation import Simulation
 from heronsfl.errors import ConfigError, UserError
@@ -28,6 +28,7 @@ from tests.engines.flower.conftest import algorithm_records, assert_same_models,
         ("algorithm=cse-fsl", "comm.wire_dtype=fp16", "clients=4", "train.clients_per_round=2"),
         ("algorithm=fedavg",),
         ("algorithm=mezo", "comm.wire_dtype=bf16"),
+        ("algorithm=fsl-sage", "rounds=3", "fsl_sage.align_every=1"),
     ],
 )
 def test_flower_engine_equals_the_simulator(serve, overrides: tuple[str, ...]) -> None:
@@ -135,7 +136,7 @@ def test_clients_holding_only_their_own_npz_compute_the_same(serve, tmp_path, ca
     assert "client_1.npz" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("algorithm", ["sflv2", "sflv1"])
+@pytest.mark.parametrize("algorithm", ["sflv2", "sflv1", "ho-sfl"])
 def test_per_batch_synchronous_algorithms_are_refused(serve, algorithm: str) -> None:
     cfg = tiny_config(f"algorithm={algorithm}")
     with pytest.raises(ConfigError, match="not supported by `heronsfl deploy`"):
@@ -157,8 +158,26 @@ def test_deploy_app_writes_a_flower_app_with_the_whole_config(tmp_path, capsys) 
         deploy.main(["app", *args, "--out", "relative/run"])
 
 
-def test_no_state_leaks_between_rounds_on_a_node(serve) -> None:
-    """Nothing survives in a SuperNode's persistent context: clients are stateless by design."""
-    cfg = tiny_config("clients=2", "rounds=2")
-    _, grid = serve(cfg)
+def test_only_own_modules_persist_on_a_node_and_travel_only_when_new(serve, monkeypatch) -> None:
+    # Prepare: FSL-SAGE re-aligns each client's own aux head on the server after round 2.
+    sent: list[tuple[int, int]] = []
+    encode = codec.encode_request
+
+    def spy(req):
+        if req.personal is not None:
+            sent.append((req.round, req.client_id))
+        return encode(req)
+
+    monkeypatch.setattr(codec, "encode_request", spy)
+    cfg = tiny_config("clients=2", "rounds=3", "algorithm=fsl-sage", "fsl_sage.align_every=2")
+    # Execute
+    server, grid = serve(cfg)
+    sim = Simulation(cfg)
+    sim.run()
+    # Assert: sent once, with round 3, then kept in the SuperNode's persistent context.
+    assert sent == [(3, 0), (3, 1)]
+    assert all(list(ctx.state) == ["heronsfl.personal"] for ctx in grid.contexts.values())
+    assert_same_models(server.sim, sim)
+    # Stateless algorithms keep nothing on the node.
+    _, grid = serve(tiny_config("clients=2", "rounds=2"), name="stateless")
     assert all(len(ctx.state) == 0 for ctx in grid.contexts.values())
