@@ -21,26 +21,31 @@ from heronsfl.errors import ConfigError
 WireDtype = Literal["fp32", "fp16", "bf16"]
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _f(default: Any, help: str, check: Literal[">0", ">=0"] | None = None) -> Any:
+    """A config field: its default, its help text and (optionally) its allowed range."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Local schedule of one round (paper symbols h and k)."""
 
-    local_steps: int = _f(50, "h: local steps (mini-batches) each client runs per round")
-    upload_every: int = _f(
-        1, "k: a decoupled client uploads activations every k-th local step (k <= h)"
+    local_steps: int = _f(
+        50, "h: local steps (mini-batches) each client runs per round", check=">0"
     )
-    batch_size: int = _f(256, "client mini-batch size (the paper uses 256 on CIFAR-10)")
+    upload_every: int = _f(
+        1, "k: a decoupled client uploads activations every k-th local step (k <= h)", check=">0"
+    )
+    batch_size: int = _f(256, "client mini-batch size (the paper uses 256 on CIFAR-10)", check=">0")
     server_order: Literal["round-robin", "client-by-client"] = _f(
         "round-robin",
         "order in which the main server consumes uploads: interleaved across clients, "
         "or all of one client's uploads before the next client's",
     )
     clients_per_round: int = _f(
-        0, "partial participation: clients sampled (seeded) each round; 0 = use client_fraction"
+        0,
+        "partial participation: clients sampled (seeded) each round; 0 = use client_fraction",
+        check=">=0",
     )
     client_fraction: float = _f(
         1.0, "partial participation: fraction of clients sampled each round (when count is 0)"
@@ -48,12 +53,16 @@ class TrainConfig:
     aggregation: Literal["uniform", "data-size"] = _f(
         "uniform", "Fed-Server weights: 1/N (paper Eq. 8) or proportional to client data size"
     )
-    eval_every: int = _f(1, "evaluate on the test set every this many rounds (and the last)")
+    eval_every: int = _f(
+        1, "evaluate on the test set every this many rounds (and the last)", check=">0"
+    )
     max_comm_bytes: int = _f(
-        0, "stop after the round in which uplink + downlink bytes reach this budget (0 = none)"
+        0,
+        "stop after the round in which uplink + downlink bytes reach this budget (0 = none)",
+        check=">=0",
     )
 
-    eval_batch_size: int = _f(1000, "batch size for evaluation forwards")
+    eval_batch_size: int = _f(1000, "batch size for evaluation forwards", check=">0")
 
 
 @dataclass(frozen=True)
@@ -63,17 +72,17 @@ class OptimConfig:
     name: Literal["adam", "sgd"] = _f(
         "adam", "adam (paper) or sgd; for a ZO client, sgd is the in-place MeZO update"
     )
-    lr: float = _f(1e-4, "learning rate (paper: Adam 1e-4 on both sides)")
-    momentum: float = _f(0.0, "SGD momentum (FO clients and the server only)")
-    weight_decay: float = _f(0.0, "L2 weight decay")
+    lr: float = _f(1e-4, "learning rate (paper: Adam 1e-4 on both sides)", check=">0")
+    momentum: float = _f(0.0, "SGD momentum (FO clients and the server only)", check=">=0")
+    weight_decay: float = _f(0.0, "L2 weight decay", check=">=0")
 
 
 @dataclass(frozen=True)
 class ZOConfig:
     """Zeroth-order estimator of a ZO client (HERON-SFL paper Eq. 2; MeZO)."""
 
-    mu: float = _f(1e-3, "mu: perturbation scale of the finite difference")
-    num_probes: int = _f(1, "q: random directions per step, averaged")
+    mu: float = _f(1e-3, "mu: perturbation scale of the finite difference", check=">0")
+    num_probes: int = _f(1, "q: random directions per step, averaged", check=">0")
     estimator: Literal["one-sided", "central"] = _f(
         "one-sided",
         "one-sided (L(θ+μu)-L(θ))/μ: q+1 forwards (paper Eq. 2); "
@@ -93,17 +102,23 @@ class ZOConfig:
 class FSLSAGEConfig:
     """FSL-SAGE's server-side gradient alignment (Nair et al. 2025)."""
 
-    buffer_size: int = _f(1000, "samples of (activations, labels) kept per client (FIFO)")
-    align_every: int = _f(10, "re-fit every client's aux head every this many rounds (l)")
-    align_epochs: int = _f(1, "passes over the buffer per alignment")
-    align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit")
+    buffer_size: int = _f(
+        1000, "samples of (activations, labels) kept per client (FIFO)", check=">0"
+    )
+    align_every: int = _f(
+        10, "re-fit every client's aux head every this many rounds (l)", check=">0"
+    )
+    align_epochs: int = _f(1, "passes over the buffer per alignment", check=">0")
+    align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit", check=">0")
 
 
 @dataclass(frozen=True)
 class HOSFLConfig:
     """HO-SFL's probes (Chen et al. 2026)."""
 
-    num_probes: int = _f(5, "P: shared-seed perturbed forwards per step (paper: 5 for vision)")
+    num_probes: int = _f(
+        5, "P: shared-seed perturbed forwards per step (paper: 5 for vision)", check=">0"
+    )
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,9 @@ class ModelConfig:
         "public FSL-SAGE code uses on 32x32 inputs)",
     )
 
-    width: int = _f(0, "base channel width; 0 = the task's standard width (64 for ResNet-18)")
+    width: int = _f(
+        0, "base channel width; 0 = the task's standard width (64 for ResNet-18)", check=">=0"
+    )
     freeze_client: bool = _f(
         False,
         "control run: the client sub-model keeps its initial weights, only aux head and server "
@@ -145,13 +162,20 @@ class DataConfig:
         0.5,
         "Dirichlet concentration of dirichlet / dirichlet-equal "
         "(0.01 ≈ one class per client, 1e4 ≈ IID)",
+        check=">0",
     )
-    shards_per_client: int = _f(2, "label-sorted shards per client for the shards partition")
+    shards_per_client: int = _f(
+        2, "label-sorted shards per client for the shards partition", check=">0"
+    )
     augment: bool = _f(True, "random crop + horizontal flip on image tasks that use it")
-    train_subset: int = _f(0, "use only the first N shuffled training samples (0 = all)")
-    test_subset: int = _f(0, "evaluate on only the first N test samples (0 = all)")
+    train_subset: int = _f(
+        0, "use only the first N shuffled training samples (0 = all)", check=">=0"
+    )
+    test_subset: int = _f(0, "evaluate on only the first N test samples (0 = all)", check=">=0")
     synthetic: int = _f(
-        0, "N > 0 replaces the dataset by N random samples of its shape: for plumbing and costs"
+        0,
+        "N > 0 replaces the dataset by N random samples of its shape: for plumbing and costs",
+        check=">=0",
     )
 
 
@@ -170,9 +194,11 @@ class RunConfig:
 
     algorithm: str = _f("heron-sfl", "algorithm (see `heronsfl ls`)")
     task: str = _f("resnet18-cifar10", "model + dataset (see `heronsfl ls`)")
-    rounds: int = _f(30, "communication rounds")
-    clients: int = _f(5, "number of clients (all take part in every round)")
-    seed: int = _f(0, "root of every random stream (init, data order, partition, ZO probes)")
+    rounds: int = _f(30, "communication rounds", check=">0")
+    clients: int = _f(5, "number of clients (all take part in every round)", check=">0")
+    seed: int = _f(
+        0, "root of every random stream (init, data order, partition, ZO probes)", check=">=0"
+    )
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto = cuda when available")
     deterministic: bool = _f(False, "torch.use_deterministic_algorithms(True)")
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -337,6 +363,20 @@ def resolve_config_path(path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- validation
 
 
+def _range_problems(obj: Any, prefix: str = "") -> list[str]:
+    """Every field whose value is outside the range its `check` metadata declares."""
+    problems = []
+    for f in fields(obj):
+        value, path = getattr(obj, f.name), f"{prefix}{f.name}"
+        if is_dataclass(value):
+            problems += _range_problems(value, f"{path}.")
+        elif f.metadata.get("check") == ">0" and not (value > 0 and math.isfinite(value)):
+            problems.append(f"{path} = {value} must be > 0")
+        elif f.metadata.get("check") == ">=0" and value < 0:
+            problems.append(f"{path} = {value} must be >= 0")
+    return problems
+
+
 def validate(cfg: RunConfig) -> list[str]:
     """Every problem with `cfg`, as one line each naming the key and the fix."""
     # Imported here: the registries import models and algorithms, which import this module.
@@ -346,10 +386,6 @@ def validate(cfg: RunConfig) -> list[str]:
 
     p: list[str] = []
     t = cfg.train
-
-    def positive(path: str, value: float) -> None:
-        if not (value > 0 and math.isfinite(value)):
-            p.append(f"{path} = {value} must be > 0")
 
     if cfg.algorithm not in ALGORITHMS:
         p.append(f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
@@ -379,25 +415,7 @@ def validate(cfg: RunConfig) -> list[str]:
             f"unknown data.partition {cfg.data.partition!r}; "
             f"known: {', '.join(sorted(PARTITIONERS))}"
         )
-    for path, value in [
-        ("rounds", cfg.rounds),
-        ("clients", cfg.clients),
-        ("train.local_steps", t.local_steps),
-        ("train.upload_every", t.upload_every),
-        ("train.batch_size", t.batch_size),
-        ("train.eval_every", t.eval_every),
-        ("train.eval_batch_size", t.eval_batch_size),
-        ("zo.num_probes", cfg.zo.num_probes),
-        ("ho_sfl.num_probes", cfg.ho_sfl.num_probes),
-        ("fsl_sage.buffer_size", cfg.fsl_sage.buffer_size),
-        ("fsl_sage.align_every", cfg.fsl_sage.align_every),
-        ("fsl_sage.align_epochs", cfg.fsl_sage.align_epochs),
-        ("fsl_sage.align_lr", cfg.fsl_sage.align_lr),
-        ("zo.mu", cfg.zo.mu),
-        ("client_optim.lr", cfg.client_optim.lr),
-        ("server_optim.lr", cfg.server_optim.lr),
-    ]:
-        positive(path, value)
+    p += _range_problems(cfg)
     if not 0 < t.client_fraction <= 1:
         p.append(f"train.client_fraction = {t.client_fraction} must be in (0, 1]")
     if t.clients_per_round > cfg.clients:
@@ -405,30 +423,11 @@ def validate(cfg: RunConfig) -> list[str]:
             f"train.clients_per_round = {t.clients_per_round} > clients = {cfg.clients}; "
             "sample at most all clients"
         )
-    if not cfg.data.alpha > 0:
-        p.append(f"data.alpha = {cfg.data.alpha} must be > 0")
-    if cfg.data.shards_per_client < 1:
-        p.append(f"data.shards_per_client = {cfg.data.shards_per_client} must be >= 1")
     if t.upload_every > t.local_steps > 0:
         p.append(
             f"train.upload_every (k = {t.upload_every}) > train.local_steps (h = {t.local_steps}): "
             "a client would never upload; set k <= h"
         )
-    for path, value in [
-        ("seed", cfg.seed),
-        ("train.clients_per_round", t.clients_per_round),
-        ("train.max_comm_bytes", t.max_comm_bytes),
-        ("data.train_subset", cfg.data.train_subset),
-        ("data.test_subset", cfg.data.test_subset),
-        ("data.synthetic", cfg.data.synthetic),
-        ("model.width", cfg.model.width),
-        ("client_optim.momentum", cfg.client_optim.momentum),
-        ("server_optim.momentum", cfg.server_optim.momentum),
-        ("client_optim.weight_decay", cfg.client_optim.weight_decay),
-        ("server_optim.weight_decay", cfg.server_optim.weight_decay),
-    ]:
-        if value < 0:
-            p.append(f"{path} = {value} must be >= 0")
     return p
 
 
