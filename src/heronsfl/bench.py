@@ -9,6 +9,7 @@ state, batch and temporaries) on CPU; torch.cuda.max_memory_allocated on CUDA.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ import torch
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import ClientState
 from heronsfl.config import RunConfig, with_overrides
+from heronsfl.engines.client import travelling_state
 from heronsfl.engines.simulation import new_server_state, resolve_device
 from heronsfl.engines.step import local_step, measure_local_step
 from heronsfl.messages import Batch
@@ -67,11 +69,13 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         peak = cuda_peak_bytes(
             lambda: local_step(algo, c, batch, server), *resident, batch.x, batch.y
         )
-    averaged = [model.client] + (
-        [model.aux] if algo.uses_aux_head and model.aux is not None else []
-    )
-    down = _state_bytes(averaged, algo.wire_dtype.itemsize, buffers_only=False)
-    up = down
+    # What the Fed-Server averages, restricted to what travels (engines/client.py).
+    averaged = {"client": model.client}
+    if algo.uses_aux_head and algo.averages_aux and model.aux is not None:
+        averaged["aux"] = model.aux
+    travelling = travelling_state(averaged)
+    wire = algo.wire_dtype.itemsize
+    down = up = _wire_bytes(travelling.values(), wire)
     h = cfg.train.local_steps
     if algo.shared_client_model:
         # HO-SFL: no parameters travel; P fp32 scalars up and P down per local step.
@@ -79,7 +83,8 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     elif algo.zeroth_order_client and cfg.zo.exchange == "seeds":
         # Per local step one 8-byte step seed and q fp32 scalars; buffers still travel.
         q = cfg.zo.num_probes
-        up = _state_bytes(averaged, algo.wire_dtype.itemsize, buffers_only=True) + h * (8 + 4 * q)
+        buffers = [t for m in averaged.values() for t in m.buffers()]
+        up = _wire_bytes(buffers, wire) + h * (8 + 4 * q)
     return {
         "algorithm": cfg.algorithm,
         "task": cfg.task,
@@ -102,11 +107,8 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def _state_bytes(modules: list[torch.nn.Module], wire_itemsize: int, buffers_only: bool) -> int:
-    """Bytes of the modules' state as sent: floats at wire precision, integers as they are."""
-    tensors = [
-        t for m in modules for t in (m.buffers() if buffers_only else m.state_dict().values())
-    ]
+def _wire_bytes(tensors: Iterable[torch.Tensor], wire_itemsize: int) -> int:
+    """Bytes as sent: floating tensors at wire precision, integer buffers as they are."""
     return sum(
         t.numel() * (wire_itemsize if t.is_floating_point() else t.element_size()) for t in tensors
     )
