@@ -118,6 +118,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None: gone, or not Linux).
+
+    With the pid it identifies a process for good: a pid alone may be reused after it exits.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[19])  # field 22 of proc(5); fields[0] is field 3 (state)
+
+
 def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:
@@ -156,7 +168,9 @@ class LocalFederation:
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: list[subprocess.Popen[bytes]] = []
         self._files: list[IO[bytes]] = []
-        self._tree: dict[int, set[int]] = {}  # daemon pid -> helpers seen below it
+        # Every process started here or seen below one, as (pid, start time): close() ends
+        # exactly these, never a later process that happens to reuse a pid.
+        self._started: set[tuple[int, int | None]] = set()
 
     def __enter__(self) -> LocalFederation:
         try:
@@ -175,7 +189,7 @@ class LocalFederation:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
         )
-        self._tree[proc.pid] = set()
+        self._started.add((proc.pid, start_time(proc.pid)))
         return proc
 
     def start(self) -> None:
@@ -231,7 +245,7 @@ class LocalFederation:
         logfile = open(self.logs / "flwr-run.log", "wb")  # noqa: SIM115 - closed in close()
         self._files.append(logfile)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
-        self._tree[proc.pid] = set()
+        self._started.add((proc.pid, start_time(proc.pid)))
 
         def copy() -> None:
             assert proc.stdout is not None, "stdout is a pipe"
@@ -239,7 +253,7 @@ class LocalFederation:
                 logfile.write(line)
                 logfile.flush()
                 if echo:
-                    sys.stderr.buffer.write(line)
+                    sys.stderr.write(line.decode(errors="replace"))
                     sys.stderr.flush()
 
         pump = threading.Thread(target=copy, daemon=True)
@@ -255,9 +269,12 @@ class LocalFederation:
         return int(proc.returncode)
 
     def _remember_helpers(self) -> None:
-        """Note the helpers below each daemon now, so close() finds them even if orphaned."""
-        for pid in list(self._tree):
-            self._tree[pid].update(descendants(pid))
+        """Note the helpers below each process now, so close() finds them even if orphaned."""
+        for pid, _ in list(self._started):
+            self._started.update((child, start_time(child)) for child in descendants(pid))
+
+    def _alive_started(self) -> list[int]:
+        return [pid for pid, t in self._started if t is not None and start_time(pid) == t]
 
     def kill_supernode(self, partition_id: int) -> None:
         """SIGKILL a SuperNode and everything below it (a client device dying)."""
@@ -268,19 +285,18 @@ class LocalFederation:
         proc.wait(timeout=_STOP_TIMEOUT_S)
 
     def _stop(self, pids: Sequence[int]) -> None:
+        """SIGTERM, then SIGKILL whoever is still there after a grace period."""
+        started = {pid: start_time(pid) for pid in pids}
         _signal(pids, signal.SIGTERM)
         deadline = time.monotonic() + _STOP_TIMEOUT_S
         while any(_alive(p) for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
-        _signal([p for p in pids if _alive(p)], signal.SIGKILL)
+        _signal([p for p in pids if _alive(p) and start_time(p) == started[p]], signal.SIGKILL)
 
     def close(self) -> None:
         """End every process this federation started (daemons and their helpers)."""
         self._remember_helpers()
-        pids: list[int] = []
-        for pid, helpers in self._tree.items():
-            pids += [pid, *helpers]
-        self._stop(pids)
+        self._stop(self._alive_started())
         for proc in [*self.supernodes, *([self.superlink] if self.superlink else [])]:
             try:
                 proc.wait(timeout=_STOP_TIMEOUT_S)
@@ -371,10 +387,11 @@ def cmd_app(ns: argparse.Namespace) -> int:
     path = write_app(Path(ns.app_dir), cfg, _options(ns, out))
     print(f"wrote {path}")
     print(f"run it with: flwr run {ns.app_dir} <connection> --stream")
-    print(
-        f"start one SuperNode per client, client i with --node-config "
-        f"'{codec.node_config_text(NodeSettings(0, cfg.clients)).replace('=0 ', '=<i> ')}'"
-    )
+    print("start one SuperNode per client, each with its --node-config:")
+    for i in range(cfg.clients):
+        print(
+            f"  client {i}: --node-config '{codec.node_config_text(NodeSettings(i, cfg.clients))}'"
+        )
     return 0
 
 
