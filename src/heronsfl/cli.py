@@ -239,7 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in PASSTHROUGH:
+        # Hand the rest (including --help) to the command's own parser, untouched.
+        ns = argparse.Namespace(command=args[0], rest=args[1:], fn=cmd_passthrough)
+    else:
+        ns = build_parser().parse_args(args)
+
     logging.basicConfig(
         level=logging.INFO if not os.environ.get("CI") else logging.WARNING,
         format="%(message)s",

@@ -176,3 +176,13 @@ def test_ls_lists_registries(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in out
     code, out, _ = _run(capsys, "ls", "--keys")
     assert "zo.mu = 0.001" in out and "train.upload_every" in out
+
+
+@pytest.mark.parametrize("command", ["report", "sweep", "deploy"])
+def test_passthrough_commands_show_their_own_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert f"heronsfl {command}" in capsys.readouterr().out
