@@ -24,7 +24,7 @@ VOCAB = 260  # the byte tokenizer's 257 ids fit
 def tiny_gpt2() -> Any:
     from transformers import GPT2Config
 
-    return GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=128,
+    return GPT2Config(n_layer=4, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=512,
                       bos_token_id=256, eos_token_id=256)  # fmt: skip
 
 
@@ -33,7 +33,7 @@ def tiny_llama() -> Any:
 
     return LlamaConfig(num_hidden_layers=4, hidden_size=32, intermediate_size=64,
                        num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB,
-                       max_position_embeddings=128, bos_token_id=256, eos_token_id=256,
+                       max_position_embeddings=512, bos_token_id=256, eos_token_id=256,
                        pad_token_id=256)  # fmt: skip
 
 

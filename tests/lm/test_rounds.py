@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from heronsfl.engines.simulation import Simulation
 from heronsfl.lm.e2e import ByteTokenizer
 from heronsfl.lm.generation import generate
 from heronsfl.lm.metrics import score_e2e
-from tests.lm.conftest import lm_config
+from tests.lm.conftest import E2E_DIR, SHARED, lm_config
 
 
 def _params(sim: Simulation) -> dict[str, torch.Tensor]:
@@ -68,6 +69,7 @@ def test_scores_match_hand_checked_values(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr("heronsfl.lm.metrics.shutil.which", lambda _: None)
     worse = score_e2e(["Aromi .", "food"], refs)
     assert "meteor" not in worse and all(worse[k] < s[k] for k in worse)
+    assert score_e2e(["", ""], refs)["nist"] == 0.0  # no words: nothing matches
     with pytest.raises(ValueError, match="one hypothesis per MR"):
         score_e2e(hyps[:1], refs)
 
@@ -98,3 +100,28 @@ def test_lm_tasks_are_registered_with_the_paper_cuts() -> None:
     targets = (y[0] != -100).nonzero().flatten().tolist()
     assert targets == list(range(32, 58))  # E2E's mean prompt (33) and reference (26) lengths
     assert torch.equal(y[:, 32:58], x[:, 33:59])
+
+
+def _has_run_hooks() -> bool:
+    import dataclasses
+
+    from heronsfl.tasks import Task
+
+    return "final_metrics" in {f.name for f in dataclasses.fields(Task)}
+
+
+@pytest.mark.skipif(not _has_run_hooks(), reason="Task.final_metrics and the LM config keys")
+@pytest.mark.skipif(not (E2E_DIR / "testset_w_refs.csv").is_file(), reason="no offline E2E copy")
+def test_a_run_ends_with_generation_scores(
+    tiny_lm_task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from heronsfl.runner import run_experiment
+    from heronsfl.tasks import load_datasets
+
+    monkeypatch.setattr("heronsfl.lm.metrics.shutil.which", lambda _: None)  # no METEOR start-up
+    cfg = lm_config(tiny_lm_task, f"data.root={SHARED}", "data.test_mrs=2", "data.test_subset=3")
+    assert len(load_datasets(cfg, "test")) == 3  # subsets work on token datasets
+    summary = run_experiment(cfg, tmp_path / "run")
+    scores = summary["final_metrics"]
+    assert scores["test/generated_mrs"] == 2
+    assert {"test/bleu", "test/nist", "test/rouge_l", "test/cider"} <= set(scores)

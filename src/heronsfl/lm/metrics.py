@@ -64,9 +64,11 @@ def score_e2e(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) ->
     hyp_tok = [_tokenize(h) for h in hypotheses]
     ref_tok = [[_tokenize(r) for r in refs] for refs in references]
     hyp_words = [h.split() for h in hyp_tok]
-    # nltk divides by the corpus's hypothesis n-gram count: cap n at the longest hypothesis.
-    n = max(1, min(5, max(len(h) for h in hyp_words)))
-    nist = corpus_nist([[r.split() for r in refs] for refs in ref_tok], hyp_words, n=n)
+    # nltk divides by the corpus's hypothesis n-gram count: cap n at the longest hypothesis
+    # (no words at all: nothing matches, NIST is 0).
+    n = min(5, max(len(h) for h in hyp_words))
+    refs_words = [[r.split() for r in refs] for refs in ref_tok]
+    nist = corpus_nist(refs_words, hyp_words, n=n) if n > 0 else 0.0
 
     # The COCO scorers take {id: [sentence]} dicts of whitespace-tokenized text.
     res = {i: [h] for i, h in enumerate(hyp_tok)}
