@@ -49,6 +49,7 @@ from heronsfl.engines.step import StepCost
 from heronsfl.errors import ConfigError
 from heronsfl.messages import Upload
 from heronsfl.metrics.comm import CommCounter
+from heronsfl.models.split import SplitModel
 from heronsfl.rng import numpy_rng
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
@@ -66,6 +67,19 @@ class EvalResult:
     accuracy: float
     loss: float
     aux_accuracy: float | None
+
+
+def client_modules(
+    model: SplitModel, algo: SplitAlgorithm
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """A client's modules by role: those the Fed-Server averages (client, and the aux head
+    unless each client keeps its own) and those the client keeps for itself. Every engine
+    splits them here."""
+    averaged: dict[str, nn.Module] = {"client": model.client}
+    own: dict[str, nn.Module] = {}
+    if algo.uses_aux_head and model.aux is not None:
+        (averaged if algo.averages_aux else own)["aux"] = model.aux
+    return averaged, own
 
 
 def new_server_state(server: nn.Module, cfg: RunConfig) -> ServerState:
@@ -129,16 +143,11 @@ class Simulation:
 
     def averaged(self) -> dict[str, nn.Module]:
         """The template modules whose state the Fed-Server averages (prefix -> module)."""
-        mods: dict[str, nn.Module] = {"client": self.model.client}
-        if self.algo.uses_aux_head and self.algo.averages_aux and self.model.aux is not None:
-            mods["aux"] = self.model.aux
-        return mods
+        return client_modules(self.model, self.algo)[0]
 
     def personal(self) -> dict[str, nn.Module]:
         """Template modules each client keeps for itself (FSL-SAGE's aux heads)."""
-        if self.algo.uses_aux_head and not self.algo.averages_aux and self.model.aux is not None:
-            return {"aux": self.model.aux}
-        return {}
+        return client_modules(self.model, self.algo)[1]
 
     # ------------------------------------------------------------------ one round
     def begin_round(self) -> dict[str, Tensor]:

@@ -35,6 +35,7 @@ from heronsfl.data.datasets import ArrayDataset
 from heronsfl.engines.client import ClientRun, load_prefixed
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.protocol import NodeSettings, RoundReply, RoundRequest
+from heronsfl.engines.simulation import client_modules as split_client_modules
 from heronsfl.engines.simulation import client_partitions, resolve_device
 from heronsfl.errors import ConfigError, DataError
 from heronsfl.tasks import build_split_model, get_task, load_datasets
@@ -84,13 +85,9 @@ def client_modules(
     cfg: RunConfig, algo: SplitAlgorithm
 ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """A client's modules, freshly initialised from the run seed: those the Fed-Server averages
-    and those the client keeps for itself (as Simulation.averaged and Simulation.personal)."""
+    and those the client keeps for itself (split as the simulator splits them)."""
     model = build_split_model(cfg, with_aux=algo.uses_aux_head, whole=algo.trains_whole_model)
-    averaged: dict[str, nn.Module] = {"client": model.client}
-    own: dict[str, nn.Module] = {}
-    if algo.uses_aux_head and model.aux is not None:
-        (averaged if algo.averages_aux else own)["aux"] = model.aux
-    return averaged, own
+    return split_client_modules(model, algo)
 
 
 def load_client_data(cfg: RunConfig, node: NodeSettings) -> ArrayDataset:
