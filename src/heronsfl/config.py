@@ -132,6 +132,15 @@ class ModelConfig:
         "two BasicBlocks doubling the channels (like the next ResNet stage) + pool + Linear "
         "(FSL-SAGE's aux)",
     )
+    name: str = _f(
+        "", "language models: hub id, local directory or .gguf path; empty = the task's model"
+    )
+    pretrained: bool = _f(True, "language models: load weights (false: the architecture only)")
+    aux_blocks: int = _f(-1, "language models: transformer blocks in the aux head; -1 = paper")
+    lora_rank: int = _f(8, "language models: LoRA rank on client, aux and server", check=">0")
+    dtype: Literal["fp32", "bf16", "fp16"] = _f(
+        "fp32", "language models: dtype of the frozen base weights (LoRA stays fp32)"
+    )
     stem: Literal["cifar", "imagenet"] = _f(
         "cifar",
         "ResNet stem: 3x3 stride 1 (CIFAR), or 7x7 stride 2 + max-pool (ImageNet, as the "
@@ -172,6 +181,10 @@ class DataConfig:
         0, "use only the first N shuffled training samples (0 = all)", check=">=0"
     )
     test_subset: int = _f(0, "evaluate on only the first N test samples (0 = all)", check=">=0")
+    max_length: int = _f(512, "language models: tokens per sample (padded)", check=">0")
+    test_mrs: int = _f(
+        0, "E2E: meaning representations to generate for after the run (0 = all 630)", check=">=0"
+    )
     synthetic: int = _f(
         0,
         "N > 0 replaces the dataset by N random samples of its shape: for plumbing and costs",

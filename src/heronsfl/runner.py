@@ -68,6 +68,9 @@ def run_experiment(
                 break
         summary = summarize(cfg, records, time.perf_counter() - t0)
         summary["stopped_early"] = stopped
+        if sim.task.final_metrics is not None:  # e.g. E2E generation scores
+            summary["final_metrics"] = sim.task.final_metrics(sim)
+
         if writer is not None:
             writer.finish(summary)
         return summary

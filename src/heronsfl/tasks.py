@@ -5,12 +5,13 @@ A new task is one `Task(...)` entry in TASKS.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,9 @@ class Task:
     # Tasks whose network is not a list of stages (e.g. a Hugging Face LM) build it themselves.
     build: Callable[[RunConfig, bool], SplitModel] | None = None
     reports_perplexity: bool = False  # language models: test/perplexity = exp(test/loss)
+    # Scores computed once after the last round (E2E generation metrics), into summary.json.
+    final_metrics: Callable[[Any], dict[str, float]] | None = None
+
     # Tasks whose inputs are not uint8 images (token ids) draw their own random batches.
     random_inputs: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
 
@@ -168,9 +172,11 @@ def load_datasets(cfg: RunConfig, split: Split) -> ArrayDataset:
 
 
 def _subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:
+    """A seeded subset of any dataset dataclass with `x` and `y` (images or token ids)."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: min(n, len(ds))].sort().values
-    return ArrayDataset(x=ds.x[idx], y=ds.y[idx], classes=ds.classes)
+    return dataclasses.replace(ds, x=ds.x[idx], y=ds.y[idx])
+
 
 
 def _synthetic(task: Task, n: int, seed: int, split: str) -> ArrayDataset:

