@@ -165,8 +165,11 @@ class Simulation:
 
     def client_run(self, client_id: int, wire_state: dict[str, Tensor], measure: bool) -> ClientRun:
         """Client `client_id`'s round, on fresh copies of the template modules."""
-        modules = {k: copy.deepcopy(m) for k, m in self.averaged().items()}
-        own = {k: copy.deepcopy(m) for k, m in self.personal().items()}
+        # One deepcopy of all of them: weights they share (a tied embedding) stay shared.
+        both = copy.deepcopy({**self.averaged(), **self.personal()})
+        modules = {k: both[k] for k in self.averaged()}
+        own = {k: both[k] for k in self.personal()}
+
         state = self.algo.personal_state(self.server, client_id)
         if state is not None:  # as the client last received it: at wire precision
             load_prefixed(own, to_wire(state, self.algo.wire_dtype))
