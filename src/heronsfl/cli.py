@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from heronsfl import __version__
-from heronsfl.errors import ConfigError, UserError
+from heronsfl.errors import UserError
 
 log = logging.getLogger("heronsfl")
 
@@ -24,22 +24,6 @@ log = logging.getLogger("heronsfl")
 def _interactive() -> bool:
     """Progress bars on a terminal; quiet (warnings only) in CI."""
     return sys.stderr.isatty() and not os.environ.get("CI")
-
-
-def _split_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG.toml] [key=value ...]`: the config is the first argument without '='."""
-    config = None
-    overrides = []
-    for a in args:
-        if "=" in a:
-            overrides.append(a)
-        elif config is None:
-            config = a
-        else:
-            raise ConfigError(
-                f"unexpected argument {a!r}: give one config file, then key=value overrides"
-            )
-    return config, overrides
 
 
 def _fmt_record(r: dict[str, Any]) -> str:
@@ -56,10 +40,10 @@ def _fmt_record(r: dict[str, Any]) -> str:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from heronsfl.config import load_config
+    from heronsfl.config import load_config, split_config_args
     from heronsfl.runner import run_experiment
 
-    path, overrides = _split_args(ns.args)
+    path, overrides = split_config_args(ns.args)
     cfg = load_config(path, overrides)
     out = ns.out or f"runs/{cfg.algorithm}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
     bar = None
@@ -92,9 +76,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
-    from heronsfl.config import load_config
+    from heronsfl.config import load_config, split_config_args
 
-    path, overrides = _split_args([ns.config, *ns.overrides])
+    path, overrides = split_config_args([ns.config, *ns.overrides])
     cfg = load_config(path, overrides)
     print(
         f"{ns.config}: ok ({cfg.algorithm} on {cfg.task}, "

@@ -338,6 +338,22 @@ def _merge_override(data: dict[str, Any], path: list[str], value: str) -> None:
     node[path[-1]] = value
 
 
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG.toml | PRESET] [key=value ...]`: the config is the first argument without '='."""
+    config = None
+    overrides = []
+    for a in args:
+        if "=" in a:
+            overrides.append(a)
+        elif config is None:
+            config = a
+        else:
+            raise ConfigError(
+                f"unexpected argument {a!r}: give one config file, then key=value overrides"
+            )
+    return config, overrides
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
     """Read a TOML file (or a preset name, see `presets()`), apply dotted overrides, validate."""
     data: dict[str, Any] = {}

@@ -34,12 +34,12 @@ from typing import IO
 import numpy as np
 
 from heronsfl.algorithms import get_algorithm
-from heronsfl.config import RunConfig, load_config
+from heronsfl.config import RunConfig, load_config, split_config_args
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
 from heronsfl.engines.flower.protocol import DeployError, DeployOptions, NodeSettings
 from heronsfl.engines.simulation import client_partitions
-from heronsfl.errors import ConfigError, UserError
+from heronsfl.errors import UserError
 from heronsfl.metrics.log import SUMMARY_FILE
 from heronsfl.tasks import load_datasets
 
@@ -311,15 +311,7 @@ class LocalFederation:
 
 
 def _config(args: list[str]) -> RunConfig:
-    config = None
-    overrides = []
-    for a in args:
-        if "=" in a:
-            overrides.append(a)
-        elif config is None:
-            config = a
-        else:
-            raise ConfigError(f"unexpected argument {a!r}: give one config, then key=value")
+    config, overrides = split_config_args(args)
     cfg = load_config(config, overrides)
     check_supported(get_algorithm(cfg.algorithm))
     return cfg
