@@ -17,13 +17,13 @@ import torch
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import ClientState
 from heronsfl.config import RunConfig, with_overrides
-from heronsfl.engines.client import travelling_state
 from heronsfl.engines.simulation import new_server_state, resolve_device
 from heronsfl.engines.step import local_step, measure_local_step
 from heronsfl.messages import Batch
 from heronsfl.metrics.memory import cuda_peak_bytes
 from heronsfl.models.split import count_params
 from heronsfl.rng import generator
+from heronsfl.state import travelling_state
 from heronsfl.tasks import build_split_model, get_task
 
 
@@ -39,6 +39,7 @@ def _config(
             f"device={device}",
             f"train.local_steps={max(h, 2)}",  # sizes per-round figures; 2 steps are run
             "train.upload_every=2",  # step 0 warms up, step 1 uploads and is measured
+            "model.pretrained=false",  # costs need the architecture, not trained weights
             *overrides,
         ],
     )
@@ -92,6 +93,7 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         "batch_size": cfg.train.batch_size,
         "cut": model.cut,
         "cut_shape": list(model.cut_shape),
+        "input_shape": list(x.shape[1:]),  # LM tasks: [T], the sequence length
         "client_params": count_params(model.client),
         "aux_params": count_params(model.aux) if algo.uses_aux_head else 0,
         "client_peak_mem_bytes": int(peak),
@@ -116,7 +118,7 @@ def _wire_bytes(tensors: Iterable[torch.Tensor], wire_itemsize: int) -> int:
 
 def resources(
     task: str,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     algorithms: list[str] | None = None,
     device: str = "cpu",
     upload_every: int = 1,
@@ -128,7 +130,13 @@ def resources(
     `local_steps` (h) sizes the per-round exchanges that grow with it: the seeds exchange's
     h * (8 + 4q) bytes and HO-SFL's h * 4P scalars each way.
     """
-    names = algorithms or list(ALGORITHMS)
+    # By default every registered algorithm that can run the task: whole-model ones (FedAvg,
+    # MeZO) need a task without its own build hook (not yet the language models).
+    own_build = get_task(task).build is not None
+    names = algorithms or [
+        n for n, a in ALGORITHMS.items() if not (own_build and a.trains_whole_model)
+    ]
+    batch_size = batch_size or get_task(task).paper_batch_size
     variants = [(name, []) for name in names]
     if "heron-sfl" in names:
         variants.append(("heron-sfl", ["zo.exchange=seeds"]))

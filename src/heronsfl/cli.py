@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench", required=True)
     res = bsub.add_parser("resources", help="client memory, MACs and bytes of one local step")
     res.add_argument("--task", default="resnet18-cifar10")
-    res.add_argument("--batch-size", type=int, default=256)
+    res.add_argument("--batch-size", type=int, default=None, help="default: the paper's batch")
     res.add_argument("--algorithms", help="comma-separated (default: all)")
     res.add_argument("--upload-every", type=int, default=1, help="k, for uplink bytes per step")
     res.add_argument(

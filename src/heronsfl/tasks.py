@@ -53,6 +53,7 @@ class Task:
     # Tasks whose network is not a list of stages (e.g. a Hugging Face LM) build it themselves.
     build: Callable[[RunConfig, bool], SplitModel] | None = None
     reports_perplexity: bool = False  # language models: test/perplexity = exp(test/loss)
+    paper_batch_size: int = 256  # the batch of the paper's cost table (`heronsfl bench`)
     # Scores computed once after the last round (E2E generation metrics), into summary.json.
     final_metrics: Callable[[Any], dict[str, float]] | None = None
 
@@ -176,7 +177,6 @@ def _subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[: min(n, len(ds))].sort().values
     return dataclasses.replace(ds, x=ds.x[idx], y=ds.y[idx])
-
 
 
 def _synthetic(task: Task, n: int, seed: int, split: str) -> ArrayDataset:

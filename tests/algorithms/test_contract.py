@@ -17,7 +17,6 @@ IMAGE = sorted(a for a in ALGORITHMS if a != "splitlora")
 CASES = [(a, False) for a in IMAGE] + [(a, True) for a in ("heron-sfl", "cse-fsl")]
 
 
-
 @pytest.mark.parametrize(("algorithm", "freeze"), CASES)
 def test_one_round_trains_what_it_should_and_nothing_else(algorithm: str, freeze: bool) -> None:
     # Prepare

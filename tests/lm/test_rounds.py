@@ -32,7 +32,7 @@ def test_a_round_changes_lora_only(tiny_lm_task: str, algorithm: str) -> None:
     before = _params(sim)
     # Execute
     record = sim.run_round()
-    from heronsfl.engines.client import load_prefixed
+    from heronsfl.state import load_prefixed
 
     load_prefixed(sim.averaged(), sim.global_state)  # the Fed-Server's client (+ aux) state
     after = _params(sim)

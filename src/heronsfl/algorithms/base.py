@@ -46,6 +46,14 @@ def task_loss(logits: Tensor, targets: Tensor, reduction: str = "mean") -> Tenso
     )
 
 
+def head_loss(head: nn.Module, activations: Tensor, targets: Tensor) -> Tensor:
+    """task_loss(head(activations), targets). A head with its own `loss(activations, targets)`
+    computes it (an LM head skips the logits of positions without a target: same value, a
+    fraction of the memory and MACs)."""
+    own = getattr(head, "loss", None)
+    return own(activations, targets) if callable(own) else task_loss(head(activations), targets)
+
+
 @dataclass
 class ClientState:
     """One client's working state during a round (engines reuse one instance across clients)."""
@@ -158,7 +166,7 @@ class SplitAlgorithm(ABC):
         labels = up.labels.to(device)
         if self.sends_gradients:
             acts.requires_grad_(True)
-        loss = task_loss(s.model(acts), labels)
+        loss = head_loss(s.model, acts, labels)
         assert s.optimizer is not None, "a server that receives uploads has parameters to train"
         s.optimizer.zero_grad(set_to_none=True)
         loss.backward()

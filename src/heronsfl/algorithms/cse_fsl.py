@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, task_loss
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, head_loss
 from heronsfl.messages import Batch, Upload
 
 
@@ -27,7 +27,7 @@ class CSEFSL(SplitAlgorithm):
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
         assert c.aux is not None and c.optimizer is not None, "CSE-FSL needs aux + optimizer"
         acts = c.model(batch.x)  # (B, *cut_shape)
-        loss = task_loss(c.aux(acts), batch.y)
+        loss = head_loss(c.aux, acts, batch.y)
         c.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         c.optimizer.step()

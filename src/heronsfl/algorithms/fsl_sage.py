@@ -34,11 +34,12 @@ from heronsfl.algorithms.base import (
     ServerState,
     SplitAlgorithm,
     check_finite,
+    head_loss,
     make_optimizer,
     task_loss,
 )
-from heronsfl.engines.client import load_prefixed, prefixed_state
 from heronsfl.messages import Batch, Download, Upload
+from heronsfl.state import load_prefixed, prefixed_state
 from heronsfl.zo.perturb import frozen_batchnorm_stats
 
 
@@ -57,7 +58,7 @@ class FSLSAGE(SplitAlgorithm):
         assert c.aux is not None and c.optimizer is not None, "FSL-SAGE needs aux + optimizer"
         acts = c.model(batch.x)  # (B, *cut_shape)
         cut = acts.detach().requires_grad_(True)
-        loss = task_loss(c.aux(cut), batch.y)
+        loss = head_loss(c.aux, cut, batch.y)
         # The aux's guess of the server's gradient (backward(inputs=...): only the cut's grad).
         loss.backward(inputs=[cut])
         assert cut.grad is not None, "the aux head must depend on the activations"

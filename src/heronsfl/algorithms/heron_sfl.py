@@ -47,7 +47,7 @@ from typing import ClassVar
 
 import torch
 
-from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, task_loss
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, head_loss, task_loss
 from heronsfl.messages import Batch, Upload
 from heronsfl.rng import derive_seed
 from heronsfl.zo.perturb import accumulate_grad_, dropout_off, frozen_batchnorm_stats, perturb_
@@ -75,12 +75,12 @@ class HeronSFL(SplitAlgorithm):
         return [derive_seed(step_seed, i) for i in range(self.cfg.zo.num_probes)]
 
     @staticmethod
-    def _head(c: ClientState, acts: torch.Tensor) -> torch.Tensor:
-        """Logits of the local loss: through the aux head, or the model's own output (MeZO)."""
-        return acts if c.aux is None else c.aux(acts)
+    def _local_loss(c: ClientState, acts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The local loss: through the aux head, or on the model's own output (MeZO)."""
+        return task_loss(acts, y) if c.aux is None else head_loss(c.aux, acts, y)
 
     def _loss(self, c: ClientState, x: torch.Tensor, y: torch.Tensor) -> float:
-        return task_loss(self._head(c, c.model(x)), y).item()  # host sync: the ZO scalar
+        return self._local_loss(c, c.model(x), y).item()  # host sync: the ZO scalar
 
     @torch.no_grad()
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
@@ -108,7 +108,7 @@ class HeronSFL(SplitAlgorithm):
             if unperturbed:
                 acts = c.model(x)  # (B, *cut_shape); updates BN running statistics once
                 if zo.estimator == "one-sided":
-                    loss0 = task_loss(self._head(c, acts), y).item()  # host sync
+                    loss0 = self._local_loss(c, acts, y).item()  # host sync
                 if uploads:
                     upload = self._upload(c, acts, y)
                 del acts

@@ -44,13 +44,14 @@ from heronsfl.algorithms.base import (
 from heronsfl.config import RunConfig
 from heronsfl.data.datasets import ArrayDataset
 from heronsfl.data.partition import partition
-from heronsfl.engines.client import ClientRun, load_prefixed, prefixed_state, travelling_state
+from heronsfl.engines.client import ClientRun
 from heronsfl.engines.step import StepCost
 from heronsfl.errors import ConfigError
 from heronsfl.messages import Upload
 from heronsfl.metrics.comm import CommCounter
 from heronsfl.models.split import SplitModel
 from heronsfl.rng import numpy_rng
+from heronsfl.state import load_prefixed, prefixed_state, travelling_state
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
 

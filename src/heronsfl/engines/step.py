@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch.utils.flop_counter import FlopCounterMode
-
 from heronsfl.algorithms.base import ClientState, ServerState, SplitAlgorithm
 from heronsfl.messages import Batch, Download, Upload
+from heronsfl.metrics.flops import FlopCounterMode  # with the CPU attention formulas
 from heronsfl.metrics.memory import PeakMemoryTracker
 
 

@@ -271,6 +271,7 @@ def lm_task(preset: LMPreset) -> Task:
         reports_perplexity=True,
         random_inputs=functools.partial(random_inputs, preset),
         final_metrics=functools.partial(final_metrics, preset),
+        paper_batch_size=preset.bench_batch,
     )
 
 

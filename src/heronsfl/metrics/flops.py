@@ -24,7 +24,20 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+# PyTorch counts the CUDA attention kernels but not the CPU one that SDPA dispatches to; register
+# the formulas it already has for them (language-model clients on CPU).
+_aten = torch.ops.aten
+for _op, _formula in [
+    (_aten._scaled_dot_product_flash_attention_for_cpu, flop_counter.sdpa_flop),
+    (_aten._scaled_dot_product_flash_attention_for_cpu_backward, flop_counter.sdpa_backward_flop),
+]:
+    if _op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(_op, get_raw=True)(_formula)  # already shape-wrapped
+
+__all__ = ["FlopCounterMode", "count_flops", "macs"]
 
 
 def count_flops(fn: Callable[[], object]) -> int:

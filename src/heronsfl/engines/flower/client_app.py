@@ -32,12 +32,13 @@ from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import SplitAlgorithm
 from heronsfl.config import RunConfig
 from heronsfl.data.datasets import ArrayDataset
-from heronsfl.engines.client import ClientRun, load_prefixed
+from heronsfl.engines.client import ClientRun
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.protocol import NodeSettings, RoundReply, RoundRequest
 from heronsfl.engines.simulation import client_modules as split_client_modules
 from heronsfl.engines.simulation import client_partitions, resolve_device
 from heronsfl.errors import ConfigError, DataError
+from heronsfl.state import load_prefixed
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
 log = logging.getLogger(__name__)
