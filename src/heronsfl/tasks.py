@@ -60,12 +60,17 @@ class Task:
     # Tasks whose inputs are not uint8 images (token ids) draw their own random batches.
     random_inputs: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
 
+    def random_samples(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Random uint8 images of the task's shape with random labels (before preprocessing)."""
+        x = torch.randint(0, 256, (n, *self.input_shape), generator=gen, dtype=torch.uint8)
+        y = torch.randint(0, self.num_classes, (n,), generator=gen)
+        return x, y
+
     def random_batch(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Random model inputs and targets of the task's shapes: costs do not depend on values."""
         if self.random_inputs is not None:
             return self.random_inputs(n, gen)
-        x = torch.randint(0, 256, (n, *self.input_shape), generator=gen, dtype=torch.uint8)
-        y = torch.randint(0, self.num_classes, (n,), generator=gen)
+        x, y = self.random_samples(n, gen)
         return self.preprocess(x, False, False, None), y
 
     def preprocess(
@@ -181,9 +186,7 @@ def _subset(ds: ArrayDataset, n: int, seed: int) -> ArrayDataset:
 
 def _synthetic(task: Task, n: int, seed: int, split: str) -> ArrayDataset:
     """Random uint8 images with random labels: costs do not depend on values."""
-    g = generator(seed, "synthetic", split)
-    x = torch.randint(0, 256, (n, *task.input_shape), generator=g, dtype=torch.uint8)
-    y = torch.randint(0, task.num_classes, (n,), generator=g)
+    x, y = task.random_samples(n, generator(seed, "synthetic", split))
     return ArrayDataset(x=x, y=y, classes=tuple(str(i) for i in range(task.num_classes)))
 
 
