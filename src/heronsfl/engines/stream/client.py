@@ -63,6 +63,7 @@ class StreamClient:
             raise ValueError(f"window = {window}: a client must be able to hold one upload")
         self.client_id, self.round_idx, self.timeout_s = client_id, round_idx, timeout_s
         self.peak_queued = 0  # most encoded frames waiting here at once
+        self._sent = 0
         self._outgoing: queue.Queue[Any] = queue.Queue(maxsize=window)
         self._replies: queue.Queue[tuple[wire.Message, int] | BaseException] = queue.Queue()
         self._done = threading.Event()
@@ -107,9 +108,9 @@ class StreamClient:
             except queue.Full:
                 if time.monotonic() >= deadline:
                     raise StreamError(
-                        f"client {self.client_id}: the server took nothing for "
-                        f"{self.timeout_s:g} s"
+                        f"client {self.client_id}: the server took nothing for {self.timeout_s:g} s"
                     ) from None
+        self._sent += 1
         self.peak_queued = max(self.peak_queued, self._outgoing.qsize())
 
     def exchange(self, msg: wire.Message, step: int) -> tuple[wire.Message, int]:
@@ -128,13 +129,15 @@ class StreamClient:
     def close(self) -> None:
         """End this side cleanly and wait until the server has read everything."""
         deadline = time.monotonic() + self.timeout_s
-        while not self._done.is_set():
-            try:
-                self._outgoing.put(_CLOSE, timeout=_POLL_S)
-                break
-            except queue.Full:
-                if time.monotonic() >= deadline:
+        end = wire.encode(wire.End(self.client_id, self._sent), 0)
+        for item in (end, _CLOSE):
+            while not self._done.is_set():
+                try:
+                    self._outgoing.put(item, timeout=_POLL_S)
                     break
+                except queue.Full:
+                    if time.monotonic() >= deadline:
+                        break
         self._done.wait(max(deadline - time.monotonic(), 0))
         try:
             if not self._done.is_set():

@@ -76,6 +76,7 @@ class _Link:
     dropped: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
     finished: bool = False  # the round loop has seen the client's clean close
+    count: int = 0  # frames received
     held_bytes: int = 0
     peak_held_bytes: int = 0
     peak_held: int = 0
@@ -152,7 +153,7 @@ class StreamServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         for link in list(self._links.values()):
-            self._drop(link, "server stopped")
+            self._drop(link, "server stopped", record=False)
         self._server.stop(grace_s).wait(grace_s + 5)
 
     # ------------------------------------------------------------------ round loop side
@@ -296,10 +297,9 @@ class StreamServer:
                 if link.dropped.is_set():
                     return
                 frame = next(requests, None)
-                if frame is None:  # the client closed its side: a clean end
-                    link.inbox.put(_END)
-                    link.outbox.put(None)  # every answer precedes the client's close
-                    return
+                if frame is None:
+                    # gRPC ends the iterator the same way when the connection died.
+                    raise wire.FrameError("stream closed without its end frame")
                 with self._cond:
                     self.frames_received += 1
                 msg, step = wire.decode(frame)
@@ -307,6 +307,15 @@ class StreamServer:
                     raise wire.FrameError(
                         f"a frame for client {msg.client_id} on client {link.client_id}'s stream"
                     )
+                link.count += 1
+                if isinstance(msg, wire.End):
+                    if msg.count != link.count - 1:
+                        raise wire.FrameError(
+                            f"end frame says {msg.count} sent, {link.count - 1} came"
+                        )
+                    link.inbox.put(_END)  # a clean close
+                    link.outbox.put(None)  # every answer precedes the client's close
+                    return
                 with self._cond:
                     link.held_bytes += len(frame)
                     self._held_total += len(frame)
@@ -314,10 +323,11 @@ class StreamServer:
                 link.inbox.put(_Received(msg, step, len(frame)))
                 link.peak_held = max(link.peak_held, link.inbox.qsize())
         except wire.FrameError as e:
-            self._drop(link, f"malformed frame: {e}")
+            self._drop(link, f"stream broken: {e}")
         except Exception as e:  # noqa: BLE001 - grpc raises bare RpcErrors for a broken stream
             if not link.dropped.is_set():
                 self._drop(link, f"stream broken ({type(e).__name__}: {e or 'connection lost'})")
+
 
 class _SecretCheck(grpc.ServerInterceptor):
     """Admits a call only with the run's secret in its metadata; runs before any frame is read."""

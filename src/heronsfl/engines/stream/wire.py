@@ -4,7 +4,7 @@ A frame is one message of the stream:
 
     uint32 little-endian n | n bytes of UTF-8 JSON header | tensor bytes, back to back
 
-The header names the kind (`upload`, `download`, `scalars`), the client, the local step and,
+The header names the kind (`upload`, `download`, `scalars`, `end`), the client, the local step and,
 per tensor, its name, dtype, shape and byte count; the tensors follow as raw little-endian C-order
 bytes (bfloat16 too: NumPy lacks it, torch reads it back bit for bit). Decoding checks every
 count against the frame's length and accepts only plain numeric dtypes, so a frame can be
@@ -66,18 +66,36 @@ class Scalars:
     values: Tensor
 
 
-Message = Upload | Download | Scalars
+@dataclass(frozen=True)
+class End:
+    """A client's last frame: it sent `count` messages before it and closes cleanly.
+
+    gRPC ends a server's request iterator the same way for a clean close and for a client whose
+    connection died, so only this frame tells the two apart.
+    """
+
+    client_id: int
+    count: int
+
+
+Message = Upload | Download | Scalars | End
 
 # kind -> (message class, tensor fields in frame order)
 _KINDS: dict[str, tuple[type, tuple[str, ...]]] = {
     "upload": (Upload, ("activations", "labels")),
     "download": (Download, ("gradient",)),
     "scalars": (Scalars, ("values",)),
+    "end": (End, ()),
 }
 
 
 def encode(msg: Message, step: int) -> bytes:
-    """One frame for `msg`, the message of local step `step` (one copy of each tensor)."""
+    """One frame for `msg`, the message of local step `step` (one copy of each tensor).
+
+    For `End`, `step` is ignored: the frame's step field carries its count.
+    """
+    if isinstance(msg, End):
+        step = msg.count
     kind = next((k for k, (cls, _) in _KINDS.items() if isinstance(msg, cls)), None)
     if kind is None:
         raise TypeError(f"cannot send a {type(msg).__name__} on the stream")
@@ -118,6 +136,8 @@ def decode(frame: bytes) -> tuple[Message, int]:
         raise FrameError(f"upload frame: labels are {tensors['labels'].dtype}, not int64")
     if kind == "scalars":
         return cls(client_id, step, tensors["values"]), step
+    if kind == "end":
+        return cls(client_id, step), step
     return cls(client_id, **tensors), step
 
 
