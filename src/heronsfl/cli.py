@@ -135,6 +135,15 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_stream(ns: argparse.Namespace) -> int:
+    from heronsfl.engines.stream.bench import format_table, run
+
+    payloads = [p.strip() for p in ns.payloads.split(",") if p.strip()]
+    result = run(payloads, steps=ns.steps, uploads=ns.uploads, window=ns.window)
+    print(json.dumps(result, indent=2) if ns.json else format_table(result))
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from heronsfl.demo import run_demo
 
@@ -208,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     res.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     res.set_defaults(fn=cmd_bench)
+    st = bsub.add_parser("stream", help="per-step stream round trip and client RSS on 127.0.0.1")
+    st.add_argument("--payloads", default="digits,reference,paper", help="comma-separated")
+    st.add_argument("--steps", type=int, default=100, help="timed round trips per payload")
+    st.add_argument("--uploads", type=int, default=8, help="uploads per client for the RSS")
+    st.add_argument("--window", type=int, default=2, help="uploads held per side")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(fn=cmd_bench_stream)
 
     demo = sub.add_parser("demo", help="HERON-SFL vs FO baselines on bundled digits, offline")
     demo.add_argument("--out", default="runs/demo", help="where the runs and table go")
