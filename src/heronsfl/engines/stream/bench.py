@@ -7,6 +7,8 @@ stream server in this one:
   (activations + labels) and waits for a same-size gradient; timed in the client from `exchange`
   to the decoded answer (both encodings, both transfers, the server's decoding), after 3
   unmeasured warm-up steps. The server only answers: no model runs, so this is the transport.
+  For scale, the same bytes also go through a plain TCP socket between the same two processes
+  (`tcp_*`: send, receive, no framing, no encoding): the machine's own loopback floor.
 - client memory: peak RSS of a client process that produces `uploads` activations one by one and
   either streams them with a window (`stream`) or keeps them all until the end of its round and
   sends them then (`hold`: what a Flower reply makes a client do). Plus the process's RSS
@@ -23,16 +25,21 @@ import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from heronsfl.engines.stream.link import new_secret
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: the plain-socket client process does not need it.
 
 PAYLOADS = {
     "digits": "demo_cnn_digits",
@@ -55,6 +62,8 @@ def payload_shape(preset: str) -> tuple[list[int], torch.dtype]:
 
 
 def _activations(shape: list[int], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=g).to(dtype)
 
@@ -77,6 +86,25 @@ def _serve_round_trips(server: Any, shape: list[int], dtype: torch.dtype) -> Non
     while (got := server.receive(0, 0)) is not None:
         _, step = got
         server.reply(0, 0, Download(0, gradient), step)
+
+
+def _recv_exactly(sock: socket.socket, buf: bytearray) -> None:
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("peer closed")
+        got += n
+
+
+def _tcp_answer(listener: socket.socket, steps: int, up_bytes: int, down_bytes: int) -> None:
+    listener.settimeout(120)
+    conn, _ = listener.accept()
+    with conn:
+        answer = bytes(down_bytes)
+        for _ in range(steps):
+            _recv_exactly(conn, bytearray(up_bytes))
+            conn.sendall(answer)
 
 
 def measure(
@@ -109,6 +137,19 @@ def measure(
     row["steps"] = len(rtt)
     row["rtt_median_ms"] = 1e3 * float(np.median(rtt))
     row["rtt_p99_ms"] = 1e3 * float(np.percentile(rtt, 99))
+    # The same bytes over a plain socket: up, then the gradient's bytes down.
+    up_bytes, down_bytes = row["upload_bytes"], int(np.prod(shape)) * dtype.itemsize
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        echo = threading.Thread(
+            target=_tcp_answer, args=(listener, steps + _WARMUP, up_bytes, down_bytes)
+        )
+        echo.start()
+        tcp_args = [str(port), str(up_bytes), str(down_bytes), str(steps + _WARMUP)]
+        tcp = _client_process([secret, "tcp", *tcp_args], timeout_s)["rtt_s"][_WARMUP:]
+        echo.join(timeout_s)
+    row["tcp_median_ms"] = 1e3 * float(np.median(tcp))
+    row["tcp_p99_ms"] = 1e3 * float(np.percentile(tcp, 99))
     # Client memory: stream with the window, then hold the whole round.
     for mode in ("stream", "hold"):
         with StreamServer(secret, window=window, timeout_s=timeout_s) as server:
@@ -125,6 +166,8 @@ def measure(
 
 
 def run(payloads: list[str], steps: int, uploads: int, window: int) -> dict[str, Any]:
+    import torch
+
     unknown = [p for p in payloads if p not in PAYLOADS]
     if unknown:
         from heronsfl.errors import UserError
@@ -144,6 +187,7 @@ def format_table(result: dict[str, Any]) -> str:
     mb = 1e6
     head = (
         f"{'payload':<10}{'upload (MB)':>12}{'RTT median (ms)':>17}{'RTT p99 (ms)':>14}"
+        f"{'TCP median (ms)':>17}{'TCP p99 (ms)':>14}"
         f"{'client RSS stream (MB)':>24}{'hold (MB)':>11}{'base (MB)':>11}"
         f"{'server held (MB)':>18}"
     )
@@ -151,7 +195,8 @@ def format_table(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(
             f"{r['payload']:<10}{r['upload_bytes'] / mb:>12.3f}{r['rtt_median_ms']:>17.2f}"
-            f"{r['rtt_p99_ms']:>14.2f}{r['stream_client_peak_rss_bytes'] / mb:>24.1f}"
+            f"{r['rtt_p99_ms']:>14.2f}{r['tcp_median_ms']:>17.2f}{r['tcp_p99_ms']:>14.2f}"
+            f"{r['stream_client_peak_rss_bytes'] / mb:>24.1f}"
             f"{r['hold_client_peak_rss_bytes'] / mb:>11.1f}"
             f"{r['stream_client_base_rss_bytes'] / mb:>11.1f}"
             f"{r['stream_server_peak_held_bytes'] / mb:>18.1f}"
@@ -175,6 +220,8 @@ def _rss_now() -> int:
 
 
 def _client_main(argv: list[str]) -> None:
+    import torch
+
     from heronsfl.engines.stream.client import StreamClient
     from heronsfl.engines.stream.wire import DTYPES
     from heronsfl.messages import Upload
@@ -214,7 +261,20 @@ def _client_main(argv: list[str]) -> None:
     print(json.dumps(result))
 
 
+def _tcp_main(argv: list[str]) -> None:
+    port, up_bytes, down_bytes, steps = (int(v) for v in argv)
+    payload, answer, rtt = bytes(up_bytes), bytearray(down_bytes), []
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            sock.sendall(payload)
+            _recv_exactly(sock, answer)
+            rtt.append(time.perf_counter() - t0)
+    print(json.dumps({"rtt_s": rtt}))
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["client"]:
-        sys.exit("usage: python -m heronsfl.engines.stream.bench client ...")
-    _client_main(sys.argv[2:])
+    mains = {"client": _client_main, "tcp": _tcp_main}
+    if sys.argv[1:2] == [] or sys.argv[1] not in mains:
+        sys.exit("usage: python -m heronsfl.engines.stream.bench client|tcp ...")
+    mains[sys.argv[1]](sys.argv[2:])
