@@ -212,3 +212,30 @@ def test_stream_client_reports_a_wrong_secret_clearly() -> None:
             with StreamClient(server.address, "wrong", 0, 0, timeout_s=5) as c:
                 c.exchange(_upload(0, 0), 0)
     assert server.frames_received == 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"not a frame at all", "malformed frame: frame header of"),
+        (wire.encode(_upload(5, 0), 0), "malformed frame: a frame for client 5 on client 0's"),
+        (wire.encode(wire.End(0, 3), 0), "malformed frame: end frame says 3 sent, 0 came"),
+    ],
+)
+def test_an_admitted_client_sending_a_bad_frame_is_dropped_and_named(
+    frame: bytes, reason: str
+) -> None:
+    from heronsfl.engines.stream.link import CLIENT_KEY, METHOD, ROUND_KEY, SECRET_KEY
+
+    with StreamServer(SECRET, timeout_s=5) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            metadata = [(SECRET_KEY, SECRET), (CLIENT_KEY, "0"), (ROUND_KEY, "0")]
+            call = channel.stream_stream(METHOD)(iter([frame]), metadata=metadata)
+            got = list(server.uploads(0, [0]))
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)
+
+    assert got == []
+    assert server.dropped[0][0].startswith(reason)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert "dropped by the server: malformed frame" in info.value.details()

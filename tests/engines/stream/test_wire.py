@@ -45,6 +45,11 @@ def test_download_and_scalars_round_trip() -> None:
     assert torch.equal(got_sc.values, sc.values)
 
 
+def test_end_frame_carries_the_count() -> None:
+    msg, step = wire.decode(wire.encode(wire.End(4, 12), step=0))
+    assert msg == wire.End(4, 12) and step == 12
+
+
 def test_frame_size_is_payload_plus_a_small_header() -> None:
     up = Upload(
         0, torch.zeros(32, 16, 8, 8, dtype=torch.float16), torch.zeros(32, dtype=torch.int64)

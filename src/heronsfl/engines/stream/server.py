@@ -78,9 +78,7 @@ class _Link:
     finished: bool = False  # the round loop has seen the client's clean close
     count: int = 0  # frames received
     held_bytes: int = 0
-    peak_held_bytes: int = 0
     peak_held: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.slots = threading.Semaphore(self.window)
@@ -279,8 +277,11 @@ class StreamServer:
             self._cond.notify_all()
         reader = threading.Thread(target=self._read, args=(link, requests), daemon=True)
         reader.start()
-        while True:
-            out = link.outbox.get()
+        while context.is_active():
+            try:
+                out = link.outbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
             if out is None:
                 break
             yield out
@@ -298,8 +299,9 @@ class StreamServer:
                     return
                 frame = next(requests, None)
                 if frame is None:
-                    # gRPC ends the iterator the same way when the connection died.
-                    raise wire.FrameError("stream closed without its end frame")
+                    # gRPC ends the iterator like this when the connection died, too.
+                    self._drop(link, "stream broken (closed without its end frame)")
+                    return
                 with self._cond:
                     self.frames_received += 1
                 msg, step = wire.decode(frame)
@@ -323,7 +325,7 @@ class StreamServer:
                 link.inbox.put(_Received(msg, step, len(frame)))
                 link.peak_held = max(link.peak_held, link.inbox.qsize())
         except wire.FrameError as e:
-            self._drop(link, f"stream broken: {e}")
+            self._drop(link, f"malformed frame: {e}")
         except Exception as e:  # noqa: BLE001 - grpc raises bare RpcErrors for a broken stream
             if not link.dropped.is_set():
                 self._drop(link, f"stream broken ({type(e).__name__}: {e or 'connection lost'})")
