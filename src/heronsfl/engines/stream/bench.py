@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -219,6 +218,16 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _peak_rss() -> int:
+    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that across
+    exec from the forking parent, so a child would report the bench server's own peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (the RSS measurement needs Linux)")
+
+
 def _client_main(argv: list[str]) -> None:
     import torch
 
@@ -257,7 +266,7 @@ def _client_main(argv: list[str]) -> None:
                 c.send(up, s)
             del held
     result["base_rss_bytes"] = base
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = _peak_rss()
     print(json.dumps(result))
 
 
