@@ -174,6 +174,8 @@ class StreamClient:
         try:
             for frame in self._call:
                 self._replies.put(wire.decode(frame))
+            # A clean end: nothing more will come (an `exchange` still waiting learns it now).
+            self._replies.put(StreamError(f"client {self.client_id}: the stream has ended"))
         except grpc.RpcError as e:
             self._replies.put(_error(self.client_id, e))
         except wire.FrameError as e:
