@@ -136,7 +136,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench_stream(ns: argparse.Namespace) -> int:
-    from heronsfl.engines.stream.bench import format_table, run
+    try:
+        from heronsfl.engines.stream.bench import format_table, run
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.startswith("heronsfl"):
+            raise
+        raise UserError(
+            f"heronsfl bench stream needs {e.name!r}: pip install -e '.[flower]'"
+        ) from None
 
     payloads = [p.strip() for p in ns.payloads.split(",") if p.strip()]
     result = run(payloads, steps=ns.steps, uploads=ns.uploads, window=ns.window)

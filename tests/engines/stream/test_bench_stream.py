@@ -27,9 +27,24 @@ def test_bench_stream_measures_digits(capsys: pytest.CaptureFixture[str]) -> Non
         assert 0 < row[f"{mode}_server_peak_held_bytes"] <= 2 * (row["upload_bytes"] + 200)
 
 
-def test_bench_stream_refuses_an_unknown_payload(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["bench", "stream", "--payloads", "digits,gpt9"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--payloads", "digits,gpt9"],
+            "unknown payload(s) ['gpt9']; known: digits, reference, paper",
+        ),
+        (["--payloads", ","], "no payload given"),
+        (["--window", "0"], "--window 0: must be at least 1"),
+        (["--steps", "0", "--uploads", "-1"], "--steps 0: must be at least 1; --uploads -1"),
+    ],
+)
+def test_bench_stream_refuses_bad_input_in_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", "stream", *args])
 
     err = capsys.readouterr().err
     assert code == 2
-    assert "heronsfl: error: unknown payload(s) ['gpt9']; known: digits, reference, paper" in err
+    assert err.startswith("heronsfl: error: ") and message in err
+    assert "Traceback" not in err

@@ -167,11 +167,20 @@ def measure(
 def run(payloads: list[str], steps: int, uploads: int, window: int) -> dict[str, Any]:
     import torch
 
-    unknown = [p for p in payloads if p not in PAYLOADS]
-    if unknown:
-        from heronsfl.errors import UserError
+    from heronsfl.errors import UserError
 
-        raise UserError(f"unknown payload(s) {unknown}; known: {', '.join(PAYLOADS)}")
+    problems = (
+        [f"unknown payload(s) {unknown}; known: {', '.join(PAYLOADS)}"]
+        if (unknown := [p for p in payloads if p not in PAYLOADS])
+        else []
+    )
+    if not payloads:
+        problems.append(f"no payload given; choose from {', '.join(PAYLOADS)}")
+    for name, value in (("--steps", steps), ("--uploads", uploads), ("--window", window)):
+        if value < 1:
+            problems.append(f"{name} {value}: must be at least 1")
+    if problems:
+        raise UserError("; ".join(problems))
     load_before = os.getloadavg()
     rows = [measure(p, steps, uploads, window) for p in payloads]
     return {
