@@ -169,11 +169,10 @@ def run(payloads: list[str], steps: int, uploads: int, window: int) -> dict[str,
 
     from heronsfl.errors import UserError
 
-    problems = (
-        [f"unknown payload(s) {unknown}; known: {', '.join(PAYLOADS)}"]
-        if (unknown := [p for p in payloads if p not in PAYLOADS])
-        else []
-    )
+    problems = []
+    unknown = [p for p in payloads if p not in PAYLOADS]
+    if unknown:
+        problems.append(f"unknown payload(s) {unknown}; known: {', '.join(PAYLOADS)}")
     if not payloads:
         problems.append(f"no payload given; choose from {', '.join(PAYLOADS)}")
     for name, value in (("--steps", steps), ("--uploads", uploads), ("--window", window)):
