@@ -239,3 +239,17 @@ def test_an_admitted_client_sending_a_bad_frame_is_dropped_and_named(
     assert server.dropped[0][0].startswith(reason)
     assert info.value.code() == grpc.StatusCode.ABORTED
     assert "dropped by the server: malformed frame" in info.value.details()
+
+
+def test_a_client_dropped_for_silence_is_told_why() -> None:
+    with StreamServer(SECRET, timeout_s=0.5) as server:
+        client = StreamClient(server.address, SECRET, 0, 0, timeout_s=5)
+        client.send(_upload(0, 0), 0)
+
+        got = [(c, s) for c, s, _ in server.uploads(0, [0])]  # then silence: dropped
+
+        with pytest.raises(StreamError, match=r"ABORTED: dropped by the server: no message"):
+            client.close()
+
+    assert got == [(0, 0)]
+    assert server.dropped == {0: {0: "no message for 0.5 s (stalled)"}}
