@@ -146,7 +146,7 @@ def cmd_bench_stream(ns: argparse.Namespace) -> int:
         ) from None
 
     payloads = [p.strip() for p in ns.payloads.split(",") if p.strip()]
-    result = run(payloads, steps=ns.steps, uploads=ns.uploads, window=ns.window)
+    result = run(payloads, steps=ns.steps, uploads=ns.uploads, window=ns.window, tls=ns.tls)
     print(json.dumps(result, indent=2) if ns.json else format_table(result))
     return 0
 
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--steps", type=int, default=100, help="timed round trips per payload")
     st.add_argument("--uploads", type=int, default=8, help="uploads per client for the RSS")
     st.add_argument("--window", type=int, default=2, help="uploads held per side")
+    st.add_argument("--tls", action="store_true", help="over TLS (throwaway certificates)")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(fn=cmd_bench_stream)
 

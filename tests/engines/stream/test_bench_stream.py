@@ -9,14 +9,15 @@ import pytest
 from heronsfl.cli import main
 
 
-def test_bench_stream_measures_digits(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_stream_measures_digits_over_tls(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
-        ["bench", "stream", "--payloads", "digits", "--steps", "3", "--uploads", "2"] + ["--json"]
+        ["bench", "stream", "--payloads", "digits", "--steps", "3", "--uploads", "2", "--tls"]
+        + ["--json"]
     )
 
     out = json.loads(capsys.readouterr().out)
     (row,) = out["rows"]
-    assert code == 0
+    assert code == 0 and row["tls"]
     # The preset's payload: batch 32 x cut 16x8x8 in fp16, plus 32 int64 labels.
     assert (row["shape"], row["dtype"]) == ([32, 16, 8, 8], "float16")
     assert row["upload_bytes"] == 32 * 16 * 8 * 8 * 2 + 32 * 8

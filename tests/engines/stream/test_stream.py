@@ -121,8 +121,8 @@ def test_synchronous_steps_get_their_answer_on_the_same_stream() -> None:
 
 
 def test_a_client_blocks_when_the_server_is_behind_and_memory_stays_bounded() -> None:
-    # Prepare: 1 MB uploads, window 2; the server reads nothing for a while.
-    window, numel, total = 2, 512 * 1024, 24
+    # Prepare: 64 uploads of 0.5 MB, window 2; the server reads nothing at first.
+    window, numel, total = 2, 256 * 1024, 64
     sent: list[int] = []
 
     def run() -> None:
@@ -134,20 +134,31 @@ def test_a_client_blocks_when_the_server_is_behind_and_memory_stays_bounded() ->
 
     with StreamServer(SECRET, window=window, timeout_s=10) as server:
         join = _in_threads(run)
-        time.sleep(1.5)
-        stalled_at = len(sent)
+        plateau = _wait_for_plateau(sent, quiet_s=0.5, limit_s=10)
 
         # Execute: now consume everything.
         got = [step for _, step, _ in server.uploads(0, [0])]
         join()
         peak_per_client = server.peak_held(0, 0)
 
-    # Assert: while the server read nothing the client stopped: its window, the server's window,
-    # and what gRPC's HTTP/2 flow-control windows buffer in between (a few MB), not all 24 MB.
-    assert stalled_at < total // 2, f"{stalled_at} of {total} uploads sent with nobody reading"
+    # Assert: with nobody reading, the client stopped: its window, the server's window and
+    # what gRPC's HTTP/2 flow-control windows buffer in between (a few MB), not all 32 MB.
+    assert plateau < total, "the client sent everything with nobody reading"
     assert got == list(range(total))
     assert peak_per_client <= window
     assert server.peak_held_bytes <= window * (numel * 2 + 200)
+
+
+def _wait_for_plateau(sent: list[int], quiet_s: float, limit_s: float) -> int:
+    """len(sent) once it has not grown for quiet_s (or after limit_s)."""
+    deadline, last, since = time.monotonic() + limit_s, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if len(sent) != last:
+            last, since = len(sent), time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+        time.sleep(0.05)
+    return len(sent)
 
 
 def test_tls_stream_works_and_a_plaintext_client_cannot_connect(
@@ -169,9 +180,9 @@ def test_tls_stream_works_and_a_plaintext_client_cannot_connect(
 def test_a_client_that_does_not_trust_the_servers_ca_cannot_connect(
     certificates: Certificates, tmp_path
 ) -> None:
-    from tests.engines.stream.conftest import make_certificates
+    from heronsfl.engines.stream.certs import local_certificates
 
-    other = make_certificates(tmp_path / "other", ca_name="another CA")
+    other = local_certificates(tmp_path / "other", ca_name="another CA")
     with StreamServer(SECRET, certificates=certificates) as server:
         with pytest.raises(StreamError, match="cannot reach"):
             StreamClient(server.address, SECRET, 0, 0, certificates=other, connect_timeout_s=1.0)

@@ -16,7 +16,8 @@ stream server in this one:
 
 Payloads are the presets' own (batch x cut at the wire dtype): digits (`demo_cnn_digits`), the
 FSL-SAGE reference split (`fsl_sage_resnet18_cifar10`) and the paper's ResNet-18 split
-(`heron_sfl_resnet18_cifar10`).
+(`heron_sfl_resnet18_cifar10`). With `--tls` the stream runs over TLS with throwaway
+certificates (certs.py); the TCP floor stays plain.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from heronsfl.engines.stream.link import new_secret
+from heronsfl.engines.stream.link import Certificates, new_secret
 
 if TYPE_CHECKING:
     import torch
@@ -107,12 +108,19 @@ def _tcp_answer(listener: socket.socket, steps: int, up_bytes: int, down_bytes: 
 
 
 def measure(
-    name: str, steps: int, uploads: int, window: int, timeout_s: float = 600.0
+    name: str,
+    steps: int,
+    uploads: int,
+    window: int,
+    certificates: Certificates | None = None,
+    timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Round trip and client memory for one payload (see the module docstring)."""
     import threading
 
     from heronsfl.engines.stream.server import StreamServer
+
+    tls = ["--ca", str(certificates.ca)] if certificates else []
 
     shape, dtype = payload_shape(PAYLOADS[name])
     secret = new_secret()
@@ -123,15 +131,17 @@ def measure(
         "dtype": str(dtype).removeprefix("torch."),
         "upload_bytes": int(np.prod(shape)) * dtype.itemsize + shape[0] * 8,
         "window": window,
+        "tls": certificates is not None,
     }
     dims = ",".join(map(str, shape))
     dt = row["dtype"]
     # Round trips.
-    with StreamServer(secret, window=window, timeout_s=timeout_s) as server:
+    with StreamServer(secret, window, timeout_s, certificates=certificates) as server:
         t = threading.Thread(target=_serve_round_trips, args=(server, shape, dtype))
         t.start()
         client = [secret, "client", server.address, "rtt", dims, dt, str(steps + _WARMUP)]
-        rtt = _client_process([*client, "--window", str(window)], timeout_s)["rtt_s"][_WARMUP:]
+        rtt = _client_process([*client, "--window", str(window), *tls], timeout_s)["rtt_s"]
+        rtt = rtt[_WARMUP:]
         t.join(timeout_s)
     row["steps"] = len(rtt)
     row["rtt_median_ms"] = 1e3 * float(np.median(rtt))
@@ -151,11 +161,11 @@ def measure(
     row["tcp_p99_ms"] = 1e3 * float(np.percentile(tcp, 99))
     # Client memory: stream with the window, then hold the whole round.
     for mode in ("stream", "hold"):
-        with StreamServer(secret, window=window, timeout_s=timeout_s) as server:
+        with StreamServer(secret, window, timeout_s, certificates=certificates) as server:
             drain = threading.Thread(target=lambda s=server: list(s.uploads(0, [0])))
             drain.start()
             client = [secret, "client", server.address, mode, dims, dt, str(uploads)]
-            got = _client_process([*client, "--window", str(window)], timeout_s)
+            got = _client_process([*client, "--window", str(window), *tls], timeout_s)
             drain.join(timeout_s)
             row[f"{mode}_client_peak_rss_bytes"] = got["peak_rss_bytes"]
             row[f"{mode}_client_base_rss_bytes"] = got["base_rss_bytes"]
@@ -164,7 +174,12 @@ def measure(
     return row
 
 
-def run(payloads: list[str], steps: int, uploads: int, window: int) -> dict[str, Any]:
+def run(
+    payloads: list[str], steps: int, uploads: int, window: int, tls: bool = False
+) -> dict[str, Any]:
+    """Measure each payload; with `tls`, over TLS with throwaway certificates (certs.py)."""
+    import tempfile
+
     import torch
 
     from heronsfl.errors import UserError
@@ -181,7 +196,13 @@ def run(payloads: list[str], steps: int, uploads: int, window: int) -> dict[str,
     if problems:
         raise UserError("; ".join(problems))
     load_before = os.getloadavg()
-    rows = [measure(p, steps, uploads, window) for p in payloads]
+    with tempfile.TemporaryDirectory(prefix="heronsfl-certs-") as folder:
+        certificates = None
+        if tls:
+            from heronsfl.engines.stream.certs import local_certificates
+
+            certificates = local_certificates(Path(folder))
+        rows = [measure(p, steps, uploads, window, certificates) for p in payloads]
     return {
         "rows": rows,
         "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
@@ -211,7 +232,8 @@ def format_table(result: dict[str, Any]) -> str:
     r0 = result["rows"][0]
     lines.append(
         f"{r0['steps']} timed round trips per payload (upload up, same-size gradient down); "
-        f"{r0['uploads']} uploads for RSS, window {r0['window']}; "
+        f"{r0['uploads']} uploads for RSS, window {r0['window']}, "
+        f"{'TLS' if r0['tls'] else 'plaintext'}; "
         f"load average {result['load_avg_1m'][0]} -> {result['load_avg_1m'][1]} "
         f"on {result['cpus']} CPUs"
     )
@@ -250,12 +272,14 @@ def _client_main(argv: list[str]) -> None:
     p.add_argument("dtype", choices=list(DTYPES))
     p.add_argument("count", type=int)
     p.add_argument("--window", type=int, default=2)
+    p.add_argument("--ca", type=Path, default=None, help="root certificate: connect with TLS")
     a = p.parse_args(argv)
+    certificates = Certificates(ca=a.ca) if a.ca else None
     shape, dtype = [int(d) for d in a.shape.split(",")], DTYPES[a.dtype]
     labels = torch.zeros(shape[0], dtype=torch.int64)
     secret = os.environ[_SECRET_ENV]
     result: dict[str, Any] = {}
-    with StreamClient(a.address, secret, 0, 0, window=a.window) as c:
+    with StreamClient(a.address, secret, 0, 0, a.window, certificates) as c:
         base = _rss_now()
         if a.mode == "rtt":
             up = Upload(0, _activations(shape, dtype, seed=0), labels)
