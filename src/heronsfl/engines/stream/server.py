@@ -7,10 +7,12 @@ writes, and the client's own bounded queue then blocks its training loop. The ro
 messages with `receive` (one client) or `uploads` (every client, in the simulator's order) and
 answers synchronous steps with `reply` on the same stream.
 
-Every wait is bounded by `timeout_s`: a client that has not connected, or sends nothing, for that
-long is dropped, as is one whose stream breaks (process killed, connection lost) or sends a
-malformed frame. Dropped clients are named in `dropped[round]` and in the log; the round goes on
-with the others.
+A client ends its stream cleanly with an `end` frame (gRPC ends the request iterator the same
+way when the peer died, so only that frame tells the two apart). Every wait is bounded by
+`timeout_s`: a client that has not connected, or sends nothing, for that long is dropped, as is
+one whose stream breaks (process killed, connection lost) or sends a malformed frame; messages
+received before the break are still delivered. Dropped clients are named in `dropped[round]`
+and in the log; the round goes on with the others. `uploads`' orders are `train.server_order`'s.
 """
 
 from __future__ import annotations
