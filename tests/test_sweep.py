@@ -156,3 +156,21 @@ def test_example_grid_is_valid() -> None:
     example = Path(__file__).parents[1] / "examples" / "sweep_dirichlet_digits.toml"
     points = sweep.plan(sweep.read_grid(example), Path("unused"))
     assert len(points) == 6 and all(p.cfg.data.partition == "dirichlet" for p in points)
+
+
+def test_cifar10_grids_are_valid_and_share_one_setup() -> None:
+    # The CIFAR-10 runs of docs/results/cifar10.md: every grid of examples/cifar10_sweeps.sh
+    # must plan, and all runs must share the preset's split, data and schedule.
+    examples = Path(__file__).parents[1] / "examples"
+    script = (examples / "cifar10_sweeps.sh").read_text()
+    grids = [
+        p for p in sorted(examples.glob("cifar10_*.toml")) if p.stem[len("cifar10_") :] in script
+    ]
+    assert len(grids) == 4
+    points = [p for g in grids for p in sweep.plan(sweep.read_grid(g), Path("unused"))]
+    assert len(points) == 11
+    setups = {
+        (p.cfg.model.cut, p.cfg.model.stem, p.cfg.train, p.cfg.data, p.cfg.clients, p.cfg.rounds)
+        for p in points
+    }
+    assert len(setups) == 1

@@ -110,6 +110,12 @@ class FSLSAGEConfig:
     )
     align_epochs: int = _f(1, "passes over the buffer per alignment", check=">0")
     align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit", check=">0")
+    align_batch_size: int = _f(
+        0,
+        "samples per gradient-matching step (the reference code: 1000, one step per pass over "
+        "its 1000-sample buffer); 0 = train.batch_size",
+        check=">=0",
+    )
 
 
 @dataclass(frozen=True)

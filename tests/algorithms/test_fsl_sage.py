@@ -46,3 +46,30 @@ def test_aux_heads_stay_per_client_and_alignment_downloads_are_counted() -> None
     stored = sim.server.extra["aux"]
     assert sorted(stored) == [0, 1, 2]
     assert any(not torch.equal(stored[0][k], stored[1][k]) for k in stored[0])
+
+
+def test_align_batch_size_sets_the_steps_per_pass() -> None:
+    # Prepare: 64 buffered samples, 3 passes; the reference code fits its whole buffer per step.
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    g = torch.Generator().manual_seed(0)
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    try:
+        for align_batch, expected in (("0", 3 * 4), ("64", 3)):  # 0 = train.batch_size (16)
+            cfg = tiny_config(
+                "algorithm=fsl-sage",
+                "train.batch_size=16",
+                "fsl_sage.align_epochs=3",
+                f"fsl_sage.align_batch_size={align_batch}",
+            )
+            model = build_split_model(cfg)
+            acts = torch.randn(64, *model.cut_shape, generator=g)
+            labels = torch.randint(0, 10, (64,), generator=g)
+            steps.clear()
+            # Execute
+            FSLSAGE(cfg)._align(model.server, model.aux, acts, labels)
+            # Assert
+            assert len(steps) == expected, (align_batch, len(steps))
+    finally:
+        handle.remove()

@@ -106,7 +106,7 @@ class FSLSAGE(SplitAlgorithm):
         cfg = self.cfg.fsl_sage
         device = next(server.parameters()).device
         acts, labels = acts.to(device=device, dtype=torch.float32), labels.to(device)
-        bs = self.cfg.train.batch_size
+        bs = cfg.align_batch_size or self.cfg.train.batch_size
         server.train()
         targets = []
         with frozen_batchnorm_stats(server):
