@@ -10,21 +10,23 @@ state, batch and temporaries) on CPU; torch.cuda.max_memory_allocated on CUDA.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import ClientState
-from heronsfl.config import RunConfig, with_overrides
+from heronsfl.config import MAX_LOCAL_STEPS, RunConfig, _f, range_problem, with_overrides
 from heronsfl.engines.simulation import new_server_state, resolve_device
 from heronsfl.engines.step import local_step, measure_local_step
+from heronsfl.errors import ConfigError
 from heronsfl.messages import Batch
 from heronsfl.metrics.memory import cuda_peak_bytes
 from heronsfl.models.split import count_params
 from heronsfl.rng import generator
 from heronsfl.state import travelling_state
-from heronsfl.tasks import build_split_model, get_task
+from heronsfl.tasks import TASKS, build_split_model, get_task, size_problems
 
 
 def _config(
@@ -116,6 +118,60 @@ def _wire_bytes(tensors: Iterable[torch.Tensor], wire_itemsize: int) -> int:
     )
 
 
+@dataclass(frozen=True)
+class BenchFlags:
+    """`heronsfl bench resources` flags, checked by the same range walker as config fields."""
+
+    batch_size: int = _f(1, "--batch-size", check=">0")
+    upload_every: int = _f(1, "--upload-every", check=">0")
+    local_steps: int = _f(39, "--local-steps", check=f"[1, {MAX_LOCAL_STEPS}]")
+
+
+def check_flags(
+    task: str,
+    batch_size: int | None,
+    algorithms: list[str] | None,
+    upload_every: int,
+    local_steps: int,
+) -> None:
+    """Every problem with the bench flags at once, before anything is built."""
+    problems: list[str] = []
+    if task not in TASKS:
+        problems.append(f"--task {task!r} is unknown; known: {', '.join(sorted(TASKS))}")
+    flags = {
+        "--batch-size": ("batch_size", 1 if batch_size is None else batch_size),
+        "--upload-every": ("upload_every", upload_every),
+        "--local-steps": ("local_steps", local_steps),
+    }
+    checks = {f.name: f.metadata["check"] for f in fields(BenchFlags)}
+    for flag, (name, value) in flags.items():
+        if (problem := range_problem(flag, value, checks[name])) is not None:
+            problems.append(problem)
+    if 0 < local_steps < upload_every:
+        problems.append(
+            f"--upload-every {upload_every} > --local-steps {local_steps}: a client would "
+            "never upload; give k <= h"
+        )
+    if algorithms is not None:
+        named = [a for a in algorithms if a]
+        if not named:
+            problems.append(
+                f"--algorithms names no algorithm; give a comma-separated list from: "
+                f"{', '.join(ALGORITHMS)}"
+            )
+        problems += [
+            f"--algorithms: unknown algorithm {a!r}; known: {', '.join(sorted(ALGORITHMS))}"
+            for a in named
+            if a not in ALGORITHMS
+        ]
+        if any(not a for a in algorithms) and named:
+            problems.append("--algorithms has an empty name (two commas in a row?)")
+    if not problems and batch_size is not None:  # the batch is materialised: must fit
+        problems += [f"--batch-size: {p}" for p in size_problems(RunConfig(task=task), batch_size)]
+    if problems:
+        raise ConfigError(problems)
+
+
 def resources(
     task: str,
     batch_size: int | None = None,
@@ -130,12 +186,9 @@ def resources(
     `local_steps` (h) sizes the per-round exchanges that grow with it: the seeds exchange's
     h * (8 + 4q) bytes and HO-SFL's h * 4P scalars each way.
     """
-    # By default every registered algorithm that can run the task: whole-model ones (FedAvg,
-    # MeZO) need a task without its own build hook (not yet the language models).
-    own_build = get_task(task).build is not None
-    names = algorithms or [
-        n for n, a in ALGORITHMS.items() if not (own_build and a.trains_whole_model)
-    ]
+    # By default every registered algorithm whose needs the task meets (Task.provides).
+    provides = get_task(task).provides
+    names = algorithms or [n for n, a in ALGORITHMS.items() if a.requires <= provides]
     batch_size = batch_size or get_task(task).paper_batch_size
     variants = [(name, []) for name in names]
     if "heron-sfl" in names:

@@ -1,7 +1,9 @@
 """`heronsfl run | bench | demo | validate | ls`.
 
 User errors (bad config, missing data, divergence) end with one `heronsfl: error: ...` line and
-exit status 2, never a traceback.
+exit status 2, never a traceback. So does running out of memory (the line names the size that
+could not be allocated), and a reader that closes the pipe (`heronsfl ls | head -1`) ends the
+command quietly.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,13 +42,53 @@ def _fmt_record(r: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+# A round of the paper preset: 5 clients x 39 local steps. A round 100 times that is announced
+# before it starts, with what it holds, so that a typo (local_steps=39000) is seen at once.
+PAPER_ROUND_STEPS = 5 * 39
+
+
+def announce_cost(cfg: Any) -> None:
+    """Warn before the first round when one round holds far more work than the paper's."""
+    from heronsfl.algorithms import ALGORITHMS
+
+    t = cfg.train
+    clients = t.clients_per_round or max(1, round(t.client_fraction * cfg.clients))
+    steps = clients * t.local_steps
+    probes = cfg.zo.num_probes if ALGORITHMS[cfg.algorithm].zeroth_order_client else 1
+    if steps * probes > 100 * PAPER_ROUND_STEPS:
+        log.warning(
+            "each round runs %d clients x %d local steps = %s client steps%s (the paper's "
+            "round: %d); progress is shown within the round, Ctrl-C stops and the same "
+            "command resumes after the last finished round",
+            clients,
+            t.local_steps,
+            f"{steps:,}",
+            f" of {probes} ZO probes each" if probes > 1 else "",
+            PAPER_ROUND_STEPS,
+        )
+
+
+def round_progress(quiet: bool) -> Any:
+    """A display of progress within a round: a bar on a terminal, a periodic line otherwise."""
+    from heronsfl.progress import LogProgress, RoundProgress, TerminalProgress
+
+    if quiet:
+        return RoundProgress()
+    return TerminalProgress() if _interactive() else LogProgress(every_s=30.0)
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     from heronsfl.config import load_config, split_config_args
+    from heronsfl.files import check_out_dir
     from heronsfl.runner import run_experiment
 
+    if ns.out is not None:
+        check_out_dir(ns.out)
     path, overrides = split_config_args(ns.args)
     cfg = load_config(path, overrides)
     out = ns.out or f"runs/{cfg.algorithm}-{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_out_dir(out)
+    announce_cost(cfg)
     bar = None
     if _interactive() and not ns.quiet:
         from tqdm import tqdm
@@ -60,7 +103,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
             log.info(_fmt_record(r))
 
     try:
-        summary = run_experiment(cfg, out, overwrite=ns.overwrite, on_round=on_round)
+        summary = run_experiment(
+            cfg, out, overwrite=ns.overwrite, on_round=on_round, progress=round_progress(ns.quiet)
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -114,11 +159,10 @@ def cmd_ls(ns: argparse.Namespace) -> int:
 
 
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from heronsfl.bench import format_table, resources
+    from heronsfl.bench import check_flags, format_table, resources
 
-    algorithms = (
-        [a.strip() for a in ns.algorithms.split(",") if a.strip()] if ns.algorithms else None
-    )
+    algorithms = None if ns.algorithms is None else [a.strip() for a in ns.algorithms.split(",")]
+    check_flags(ns.task, ns.batch_size, algorithms, ns.upload_every, ns.local_steps)
     rows = resources(
         ns.task,
         batch_size=ns.batch_size,
@@ -153,6 +197,11 @@ def cmd_bench_stream(ns: argparse.Namespace) -> int:
 
 def cmd_demo(ns: argparse.Namespace) -> int:
     from heronsfl.demo import run_demo
+    from heronsfl.files import check_out_dir
+
+    check_out_dir(ns.out)
+    if ns.rounds is not None and ns.rounds < 1:
+        raise UserError(f"--rounds {ns.rounds} must be >= 1")
 
     run_demo(
         Path(ns.out),
@@ -267,6 +316,44 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("heronsfl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`heronsfl ls | head -1`): stop quietly, as `cat` does. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout is not a real file (tests)
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe closed
+    except (MemoryError, RuntimeError) as e:
+        line = allocation_failure(e)
+        if line is None:
+            raise
+        print(f"heronsfl: error: {line}", file=sys.stderr)
+        return 2
+
+
+def allocation_failure(e: BaseException) -> str | None:
+    """One line for an allocation failure, naming the size tried; None for any other error.
+
+    MemoryError (numpy says "Unable to allocate 7.45 GiB ..."), torch's CPU allocator
+    ("can't allocate memory: you tried to allocate N bytes") and CUDA's "out of memory. Tried
+    to allocate 2.00 GiB" all end here, wherever in the run they happened.
+    """
+    text = str(e)
+    if not isinstance(e, MemoryError) and not re.search(
+        r"can't allocate memory|out of memory|Tried to allocate", text
+    ):
+        return None
+    size = None
+    if m := re.search(r"allocate (\d+) bytes", text):
+        size = f"{int(m.group(1)) / 1e9:,.1f} GB"
+    elif m := re.search(r"(?:allocate|Allocate) ([\d.]+ [KMGTP]i?B)", text):
+        size = m.group(1)
+    tried = f"tried to allocate {size}" if size else "an allocation failed (size not reported)"
+    return (
+        f"out of memory: {tried}; lower the sizes that scale memory (train.batch_size, "
+        "train.eval_batch_size, model.width, clients; bench: --batch-size)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,20 +10,65 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from heronsfl.errors import ConfigError
+from heronsfl.errors import ConfigError, UserError
 
 WireDtype = Literal["fp32", "fp16", "bf16"]
 
+# Bounds that keep a run within what can finish. Each is far above anything the papers use and
+# is where the next unit of cost buys (almost) nothing:
+# - ZO probes: the estimate's variance falls as 1/q while a step costs q + 1 forwards. At
+#   q = 1024 one ZO step already costs about 340 first-order steps (forward + backward = ~3
+#   forwards) for an estimate still noisier than the exact gradient FO gets; MeZO and HERON-SFL
+#   use q <= 16. Past this, train the client first-order instead.
+# - Local steps: h = 1e5 steps per client per round is already longer than a whole centralized
+#   training of the paper's model (ResNet-18/CIFAR-10: ~40k steps at batch 256); a round longer
+#   than that is no longer federated learning, and at 1e9 a round never ends.
+MAX_PROBES = 1024
+MAX_LOCAL_STEPS = 100_000
+INT64_MAX = 2**63 - 1  # torch and numpy take 64-bit integers (seeds, sizes, step counts)
 
-def _f(default: Any, help: str, check: Literal[">0", ">=0"] | None = None) -> Any:
-    """A config field: its default, its help text and (optionally) its allowed range."""
+
+def _f(default: Any, help: str, check: str | None = None) -> Any:
+    """A config field: its default, its help text and (optionally) its allowed range.
+
+    `check` is ">0", ">=0" or an interval such as "[0, 1)" or "[1, 1024]" (`inf` allowed).
+    Whatever the check, a float must be finite and an int must fit in 64 bits.
+    """
     return field(default=default, metadata={"help": help, "check": check})
+
+
+_INTERVAL = re.compile(r"^([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])$")
+
+
+def range_problem(path: str, value: Any, check: str | None) -> str | None:
+    """The problem with `value` under `check` (see `_f`), or None when it is in range.
+
+    The one range walker for config fields and command-line flags alike (bench uses it).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} = {value} must be a finite number"
+    if isinstance(value, int) and abs(value) > INT64_MAX:
+        return f"{path} = {value} is out of range: at most {INT64_MAX} (a 64-bit integer)"
+    if check is None:
+        return None
+    if check == ">0":
+        return None if value > 0 else f"{path} = {value} must be > 0"
+    if check == ">=0":
+        return None if value >= 0 else f"{path} = {value} must be >= 0"
+    m = _INTERVAL.match(check)
+    assert m is not None, f"bad range spec {check!r} for {path}"
+    lo, hi = float(m.group(2)), float(m.group(3))
+    above = value > lo if m.group(1) == "(" else value >= lo
+    below = value < hi if m.group(4) == ")" else value <= hi
+    return None if above and below else f"{path} = {value} must be in {check}"
 
 
 @dataclass(frozen=True)
@@ -31,7 +76,9 @@ class TrainConfig:
     """Local schedule of one round (paper symbols h and k)."""
 
     local_steps: int = _f(
-        50, "h: local steps (mini-batches) each client runs per round", check=">0"
+        50,
+        "h: local steps (mini-batches) each client runs per round",
+        check=f"[1, {MAX_LOCAL_STEPS}]",
     )
     upload_every: int = _f(
         1, "k: a decoupled client uploads activations every k-th local step (k <= h)", check=">0"
@@ -48,7 +95,9 @@ class TrainConfig:
         check=">=0",
     )
     client_fraction: float = _f(
-        1.0, "partial participation: fraction of clients sampled each round (when count is 0)"
+        1.0,
+        "partial participation: fraction of clients sampled each round (when count is 0)",
+        check="(0, 1]",
     )
     aggregation: Literal["uniform", "data-size"] = _f(
         "uniform", "Fed-Server weights: 1/N (paper Eq. 8) or proportional to client data size"
@@ -73,16 +122,21 @@ class OptimConfig:
         "adam", "adam (paper) or sgd; for a ZO client, sgd is the in-place MeZO update"
     )
     lr: float = _f(1e-4, "learning rate (paper: Adam 1e-4 on both sides)", check=">0")
-    momentum: float = _f(0.0, "SGD momentum (FO clients and the server only)", check=">=0")
-    weight_decay: float = _f(0.0, "L2 weight decay", check=">=0")
+    # Heavy-ball momentum >= 1 never forgets a gradient: the update grows without bound.
+    momentum: float = _f(0.0, "SGD momentum (FO clients and the server only)", check="[0, 1)")
+    # An L2 coefficient above 1 lets the penalty wd * |θ|² / 2 outweigh any O(1) data loss for
+    # every real network (|θ|² >> 1): training would only shrink the weights (common: <= 5e-4).
+    weight_decay: float = _f(0.0, "L2 weight decay", check="[0, 1]")
 
 
 @dataclass(frozen=True)
 class ZOConfig:
     """Zeroth-order estimator of a ZO client (HERON-SFL paper Eq. 2; MeZO)."""
 
-    mu: float = _f(1e-3, "mu: perturbation scale of the finite difference", check=">0")
-    num_probes: int = _f(1, "q: random directions per step, averaged", check=">0")
+    # A finite difference estimates a derivative only for a step small next to the weights;
+    # mu > 1 moves them by more than their own scale (and 1e300 overflows fp32).
+    mu: float = _f(1e-3, "mu: perturbation scale of the finite difference", check="(0, 1]")
+    num_probes: int = _f(1, "q: random directions per step, averaged", check=f"[1, {MAX_PROBES}]")
     estimator: Literal["one-sided", "central"] = _f(
         "one-sided",
         "one-sided (L(θ+μu)-L(θ))/μ: q+1 forwards (paper Eq. 2); "
@@ -123,7 +177,9 @@ class HOSFLConfig:
     """HO-SFL's probes (Chen et al. 2026)."""
 
     num_probes: int = _f(
-        5, "P: shared-seed perturbed forwards per step (paper: 5 for vision)", check=">0"
+        5,
+        "P: shared-seed perturbed forwards per step (paper: 5 for vision)",
+        check=f"[1, {MAX_PROBES}]",
     )
 
 
@@ -142,7 +198,9 @@ class ModelConfig:
         "", "language models: hub id, local directory or .gguf path; empty = the task's model"
     )
     pretrained: bool = _f(True, "language models: load weights (false: the architecture only)")
-    aux_blocks: int = _f(-1, "language models: transformer blocks in the aux head; -1 = paper")
+    aux_blocks: int = _f(
+        -1, "language models: transformer blocks in the aux head; -1 = paper", check="[-1, inf)"
+    )
     lora_rank: int = _f(8, "language models: LoRA rank on client, aux and server", check=">0")
     dtype: Literal["fp32", "bf16", "fp16"] = _f(
         "fp32", "language models: dtype of the frozen base weights (LoRA stays fp32)"
@@ -344,14 +402,39 @@ def _merge_override(data: dict[str, Any], path: list[str], value: str) -> None:
     node[path[-1]] = value
 
 
+def _known_key(key: str) -> bool:
+    """Whether `key` (dotted) names a config field or table."""
+    cls: Any = RunConfig
+    for part in key.split("."):
+        hints = _hints(cls) if is_dataclass(cls) else {}
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return True
+
+
 def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """`[CONFIG.toml | PRESET] [key=value ...]`: the config is the first argument without '='."""
+    """`[CONFIG.toml | PRESET] [key=value ...]`: the config is the first argument without '='.
+
+    An existing file is the config even if its name holds '='; an argument that looks like a
+    file name (`a=b.toml`) but names no config key gets a message saying both readings failed.
+    """
     config = None
     overrides = []
     for a in args:
-        if "=" in a:
+        key = a.split("=", 1)[0].strip()
+        is_file = Path(a).is_file()
+        if "=" in a and not is_file:
+            if a.endswith(".toml") and not _known_key(key):
+                raise ConfigError(
+                    f"{a!r} is neither a config file (no such file) nor an override "
+                    f"(no config key {key!r}); give an existing CONFIG.toml, or key=value with "
+                    "a key from `heronsfl ls --keys`"
+                )
             overrides.append(a)
         elif config is None:
+            if not is_file and _known_key(a) and a not in presets():
+                raise ConfigError(f"{a!r} is a config key without a value: write {a}=VALUE")
             config = a
         else:
             raise ConfigError(
@@ -362,14 +445,15 @@ def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
     """Read a TOML file (or a preset name, see `presets()`), apply dotted overrides, validate."""
+    from heronsfl.files import read_toml  # the one reader of user files
+
     data: dict[str, Any] = {}
     if path is not None:
         file = resolve_config_path(path)
         try:
-            with open(file, "rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{file}: invalid TOML ({e}); fix the file's syntax") from None
+            data = read_toml(file, "config file")
+        except UserError as e:
+            raise ConfigError(str(e)) from None
     for text in overrides:
         _merge_override(data, *parse_override(text))
     return config_from_dict(data)
@@ -405,10 +489,8 @@ def _range_problems(obj: Any, prefix: str = "") -> list[str]:
         value, path = getattr(obj, f.name), f"{prefix}{f.name}"
         if is_dataclass(value):
             problems += _range_problems(value, f"{path}.")
-        elif f.metadata.get("check") == ">0" and not (value > 0 and math.isfinite(value)):
-            problems.append(f"{path} = {value} must be > 0")
-        elif f.metadata.get("check") == ">=0" and value < 0:
-            problems.append(f"{path} = {value} must be >= 0")
+        elif (problem := range_problem(path, value, f.metadata.get("check"))) is not None:
+            problems.append(problem)
     return problems
 
 
@@ -450,9 +532,19 @@ def validate(cfg: RunConfig) -> list[str]:
             f"unknown data.partition {cfg.data.partition!r}; "
             f"known: {', '.join(sorted(PARTITIONERS))}"
         )
+    if cfg.algorithm in ALGORITHMS and cfg.task in TASKS:
+        needs = ALGORITHMS[cfg.algorithm].requires - TASKS[cfg.task].provides
+        if needs:
+            fit = [
+                n
+                for n, task in TASKS.items()
+                if ALGORITHMS[cfg.algorithm].requires <= task.provides
+            ]
+            p.append(
+                f"algorithm {cfg.algorithm!r} needs a task with {' and '.join(sorted(needs))}, "
+                f"which task {cfg.task!r} lacks; use one of: {', '.join(fit) or 'none yet'}"
+            )
     p += _range_problems(cfg)
-    if not 0 < t.client_fraction <= 1:
-        p.append(f"train.client_fraction = {t.client_fraction} must be in (0, 1]")
     if t.clients_per_round > cfg.clients:
         p.append(
             f"train.clients_per_round = {t.clients_per_round} > clients = {cfg.clients}; "
@@ -463,6 +555,10 @@ def validate(cfg: RunConfig) -> list[str]:
             f"train.upload_every (k = {t.upload_every}) > train.local_steps (h = {t.local_steps}): "
             "a client would never upload; set k <= h"
         )
+    if not p:  # sizes are checked on a config that is otherwise sound (it builds the model)
+        from heronsfl.tasks import size_problems
+
+        p += size_problems(cfg)
     return p
 
 

@@ -17,14 +17,15 @@ drawn on `matplotlib.figure.Figure` objects (no pyplot, no global backend state,
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import tomllib
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heronsfl import files
 from heronsfl.errors import UserError
 from heronsfl.metrics.log import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
@@ -77,31 +78,15 @@ def _comm_bytes(record: dict[str, Any]) -> int:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1:  # a run killed mid-write leaves a partial last line
-                log.warning("%s: ignoring a truncated last line", path)
-                break
-            raise UserError(
-                f"{path}, line {i + 1} is not JSON ({e}): the file is corrupt"
-            ) from None
-    return records
-
-
 def load_run(run_dir: str | Path) -> Run:
-    """Read one run directory; a UserError names what is missing and what to do."""
+    """Read one run directory; a UserError names what is missing or damaged and what to do."""
     d = Path(run_dir)
     if not d.is_dir():
         raise UserError(f"run directory {str(d)!r} does not exist: give a `heronsfl run --out` dir")
     metrics = d / METRICS_FILE
     if not metrics.is_file():
         raise UserError(f"{d} has no {METRICS_FILE}: is it a run directory (heronsfl run --out)?")
-    records = _read_records(metrics)
+    records = files.read_metrics(metrics)  # a truncated last line is dropped with a warning
     if not records:
         raise UserError(
             f"{metrics} has no rounds: the run stopped before its first round; "
@@ -109,13 +94,15 @@ def load_run(run_dir: str | Path) -> Run:
         )
     config: dict[str, Any] = {}
     if (d / CONFIG_FILE).is_file():
-        try:
-            config = tomllib.loads((d / CONFIG_FILE).read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{d / CONFIG_FILE} is not valid TOML ({e})") from None
+        config = files.read_toml(d / CONFIG_FILE, "run config")
+        for key in ("algorithm", "task"):
+            if not isinstance(config.get(key, ""), str):
+                raise UserError(f"{d / CONFIG_FILE}: {key} = {config[key]!r} is not a string")
+        if not isinstance(config.get("rounds", 0), int):
+            raise UserError(f"{d / CONFIG_FILE}: rounds = {config['rounds']!r} is not an integer")
     summary = None
     if (d / SUMMARY_FILE).is_file():
-        summary = json.loads((d / SUMMARY_FILE).read_text())
+        summary = files.read_summary(d / SUMMARY_FILE)
     return Run(d, records, config, summary)
 
 
@@ -249,8 +236,27 @@ def write_report(
             f"--label gave {len(labels)} names for {len(runs)} runs: "
             "give one per RUN_DIR, in the same order"
         )
-    out = Path(out)
+    out = files.check_out_dir(out)
+    existed = out.is_dir()
     out.mkdir(parents=True, exist_ok=True)
+    # Everything is drawn into a scratch folder inside `out` and moved in only once all of it
+    # exists: a report that fails half-way leaves `out` as it was, not half a set of figures.
+    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        names = _draw(runs, labels, tmp)
+        for name in names:
+            (tmp / name).replace(out / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return [out / name for name in names]
+
+
+def _draw(runs: Sequence[Run], labels: Sequence[str], out: Path) -> list[str]:
+    """Write the plots and summary.md into `out`; returns their file names."""
     shown = [lab + ("" if r.complete else INCOMPLETE) for r, lab in zip(runs, labels, strict=True)]
     colors = [f"C{i % 10}" for i in range(len(runs))]  # the run's color in every figure
 
@@ -293,7 +299,7 @@ def write_report(
     ]
     written.append(out / "summary.md")
     written[-1].write_text("\n".join(md) + "\n")
-    return written
+    return [w.name for w in written]
 
 
 def main(argv: list[str]) -> int:
@@ -310,6 +316,7 @@ def main(argv: list[str]) -> int:
         help="legend and table names, one per RUN_DIR in order (default: the algorithm)",
     )
     ns = p.parse_args(argv)
+    files.check_out_dir(ns.out)
     runs = [load_run(d) for d in ns.runs]
     written = write_report(runs, ns.out, ns.label)
     print(written[-1].read_text(), end="")

@@ -13,6 +13,7 @@ import torch
 from heronsfl.config import RunConfig
 from heronsfl.engines.simulation import Simulation
 from heronsfl.metrics.log import RunWriter
+from heronsfl.progress import RoundProgress
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def run_experiment(
     out_dir: str | Path | None,
     overwrite: bool = False,
     on_round: ProgressFn | None = None,
+    progress: RoundProgress | None = None,
 ) -> dict[str, Any]:
     """Run `cfg`; with `out_dir`, write config.toml, metrics.jsonl and (last) summary.json."""
     if cfg.deterministic:
@@ -45,8 +47,10 @@ def run_experiment(
     records: list[dict[str, Any]] = []
     try:
         sim = Simulation(cfg)
+        if progress is not None:
+            sim.progress = progress
         if writer is not None and writer.checkpoint is not None:
-            sim.load_state_dict(writer.checkpoint)
+            writer.restore(sim)
             records = list(writer.records)
             log.warning("resuming %s after round %d", writer.dir, sim.round)
         # wall_s keeps counting across a resume: time already spent, plus this process's.

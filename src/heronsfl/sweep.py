@@ -28,7 +28,6 @@ import argparse
 import itertools
 import logging
 import re
-import tomllib
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 
 from heronsfl.config import RunConfig, load_config
 from heronsfl.errors import ConfigError, UserError
+from heronsfl.files import check_out_dir, read_toml
 from heronsfl.metrics.log import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,9 @@ def read_grid(path: str | Path) -> Grid:
     if not path.is_file():
         raise ConfigError(f"sweep file {str(path)!r} not found")
     try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML ({e}); fix the file's syntax") from None
+        data = read_toml(path, "sweep file")
+    except UserError as e:
+        raise ConfigError(str(e)) from None
     problems = [
         f"unknown key {key!r} in {path.name}; allowed: {', '.join(TOP_LEVEL_KEYS)}"
         for key in data
@@ -151,7 +151,7 @@ def _differs(run_dir: Path, cfg: RunConfig) -> bool:
         return False
     try:
         return load_config(run_dir / CONFIG_FILE) != cfg
-    except ConfigError:  # written by an older heronsfl with keys that no longer exist
+    except ConfigError:  # damaged, or written by an older heronsfl with keys now gone
         return True
 
 
@@ -260,5 +260,6 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs, run nothing")
     ns = p.parse_args(argv)
     out = ns.out or str(Path("sweeps") / Path(ns.grid).stem)
+    check_out_dir(out)
     run_sweep(ns.grid, out, dry_run=ns.dry_run)
     return 0

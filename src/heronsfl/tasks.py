@@ -6,6 +6,7 @@ A new task is one `Task(...)` entry in TASKS.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from heronsfl.data.datasets import (
 from heronsfl.errors import ConfigError
 from heronsfl.models.cnn import DIGITS_CUTS, digits_cnn_stages
 from heronsfl.models.resnet import RESNET18_CUTS, resnet18_stages
-from heronsfl.models.split import SplitModel, build_aux_head, split_stages
+from heronsfl.models.split import SplitModel, build_aux_head, count_params, split_stages
 from heronsfl.rng import derive_seed, generator
 
 Split = Literal["train", "test"]
@@ -59,6 +60,10 @@ class Task:
 
     # Tasks whose inputs are not uint8 images (token ids) draw their own random batches.
     random_inputs: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
+    # Capabilities algorithms may require (SplitAlgorithm.requires): "whole-model" (the network
+    # can be handed whole to a client: FedAvg, MeZO), "lora" (LoRA adapters are what trains),
+    # "language-model".
+    provides: frozenset[str] = frozenset({"whole-model"})
 
     def random_samples(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Random uint8 images of the task's shape with random labels (before preprocessing)."""
@@ -157,6 +162,60 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False
         client, server, cut_shape = split_stages(stages, cut, task.input_shape)
         aux = build_aux_head(cfg.model.aux, cut_shape, task.num_classes) if with_aux else None
     return _frozen(cfg, SplitModel(client, server, aux, cut, cut_shape))
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# The least a first-order trainer keeps per parameter: fp32 weights, gradients and Adam's two
+# moments (the simulator keeps more: the Fed-Server's master copy and each client's copy).
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def size_problems(cfg: RunConfig, batch_size: int | None = None) -> list[str]:
+    """Sizes that cannot fit in this machine's memory, found before anything is allocated.
+
+    The network is built on PyTorch's meta device (shapes only, no storage) to count its
+    parameters and find the activations at the cut; `batch_size` (bench, which materialises a
+    whole batch) adds the batch's inputs and cut activations in fp32. A run's batch is capped by
+    each client's data (data/sampler.py), so it is not counted here.
+    """
+    task = get_task(cfg.task)
+    total = physical_memory_bytes()
+    if task.build is not None or total is None:  # LM sizes come from the model's checkpoint
+        return []
+    width = cfg.model.width or task.default_width
+    try:
+        with torch.device("meta"):
+            model = build_split_model(cfg, with_aux=True)
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        return [f"model.width = {width}: the model cannot be built ({first}); lower it"]
+    params = sum(count_params(m) for m in (model.client, model.server, model.aux) if m is not None)
+    need = params * TRAINING_BYTES_PER_PARAM
+    problems = []
+    gb = 1e9
+    if need > total:
+        problems.append(
+            f"model.width = {width}: {params:,} parameters need at least {need / gb:,.1f} GB to "
+            f"train (weights, gradients, Adam state), more than this machine's "
+            f"{total / gb:.1f} GB; lower model.width"
+        )
+    if batch_size is not None:
+        per_sample = math.prod(task.input_shape) + math.prod(model.cut_shape)
+        batch_bytes = batch_size * per_sample * 4
+        if batch_bytes > total:
+            problems.append(
+                f"batch size {batch_size}: its inputs and cut activations alone need "
+                f"{batch_bytes / gb:,.1f} GB (fp32), more than this machine's {total / gb:.1f} GB; "
+                "lower the batch size"
+            )
+    return problems
 
 
 def _frozen(cfg: RunConfig, model: SplitModel) -> SplitModel:

@@ -138,8 +138,8 @@ def test_nan_loss_stops_the_run_without_a_summary(
     )
     assert code == 2 and "loss is" in err and "client_optim.lr" in err
     assert len(err.strip().splitlines()) == 1
-    assert (tmp_path / "r" / "config.toml").exists()
-    assert not (tmp_path / "r" / "summary.json").exists()
+    # A NaN in round 1: nothing was logged, so --out is left as it was found (absent).
+    assert not (tmp_path / "r").exists()
 
 
 def test_validate_reports_every_problem_at_once(

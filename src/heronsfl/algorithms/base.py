@@ -11,6 +11,7 @@ same code. How an engine drives it is data on the class:
 - zeroth_order_client: the client never calls backward (HERON-SFL).
 - uploads_activations: False for plain federated learning of the whole model (no main server).
 - trains_whole_model: the client holds the whole network (FedAvg, MeZO); there is no cut.
+- requires: capabilities the task must provide (a LoRA model, a whole-model variant).
 - server_schedule: "sequential" = one server model consumes every client's uploads;
   "parallel" = one server copy per client, averaged at the end of the round (SFLV1).
 """
@@ -117,6 +118,9 @@ class SplitAlgorithm(ABC):
     # True: clients keep one client model in sync by applying the same broadcast update every
     # step (HO-SFL); no parameters are exchanged and the engine calls `synchronize` per step.
     shared_client_model: ClassVar[bool] = False
+    # What the task must provide (see Task.provides), e.g. {"lora"} for SplitLoRA: validation
+    # refuses an impossible pairing instead of running something that is not the method.
+    requires: ClassVar[frozenset[str]] = frozenset()
 
     def synchronize(self, clients: Sequence[ClientState]) -> Tensor:
         """The cross-client step of a shared-model algorithm; returns what is broadcast."""

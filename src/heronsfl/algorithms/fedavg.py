@@ -25,6 +25,7 @@ class FedAvg(SplitAlgorithm):
     uses_aux_head: ClassVar[bool] = False
     uploads_activations: ClassVar[bool] = False
     trains_whole_model: ClassVar[bool] = True
+    requires: ClassVar[frozenset[str]] = frozenset({"whole-model"})
 
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
         assert c.optimizer is not None, "an FO client needs its optimizer"

@@ -23,3 +23,4 @@ class MeZO(HeronSFL):
     uses_aux_head: ClassVar[bool] = False
     uploads_activations: ClassVar[bool] = False
     trains_whole_model: ClassVar[bool] = True
+    requires: ClassVar[frozenset[str]] = frozenset({"whole-model"})

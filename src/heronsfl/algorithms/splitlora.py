@@ -30,3 +30,4 @@ from heronsfl.algorithms.sflv2 import SFLV2
 class SplitLoRA(SFLV2):
     name: ClassVar[str] = "splitlora"
     summary: ClassVar[str] = "SFLV2 on a LoRA model: cut gradients every batch, LoRA averaged"
+    requires: ClassVar[frozenset[str]] = frozenset({"lora"})  # on a plain CNN it is just SFLV2

@@ -20,6 +20,7 @@ from heronsfl.data.sampler import round_batches
 from heronsfl.engines.step import StepCost, local_step, measure_local_step
 from heronsfl.messages import Batch, Upload
 from heronsfl.metrics.comm import CommCounter
+from heronsfl.progress import RoundProgress
 from heronsfl.rng import generator
 from heronsfl.state import load_prefixed, travelling_state
 from heronsfl.tasks import Task
@@ -56,6 +57,7 @@ class ClientRun:
         server: ServerState | None = None,
         measure: bool = False,
         sends: set[str] | None = None,
+        progress: RoundProgress | None = None,
     ) -> None:
 
         if algo.sends_gradients and server is None:
@@ -69,6 +71,7 @@ class ClientRun:
         load_prefixed({k: m for k, m in modules.items() if k in self.sends}, wire_state)
 
         self.measure = measure
+        self.progress = progress or RoundProgress()  # counts steps; shows them if a display
         self.num_samples = len(indices)
         self.state: dict[str, Tensor] | None = None
         self.losses: list[float] = []
@@ -113,7 +116,10 @@ class ClientRun:
                 self.comm.add("up", "labels", [up.labels])
             if down is not None:
                 self.comm.add("down", "gradients", [down.gradient])
+                self.progress.server_step()  # a synchronous server answered in this step
+            self.progress.client_step()
             yield up
+        self.progress.client_done()
         state = travelling_state({k: m for k, m in self.modules.items() if k in self.sends})
 
         if algo.zeroth_order_client and cfg.zo.exchange == "seeds":

@@ -50,6 +50,7 @@ from heronsfl.errors import ConfigError
 from heronsfl.messages import Upload
 from heronsfl.metrics.comm import CommCounter
 from heronsfl.models.split import SplitModel
+from heronsfl.progress import RoundProgress
 from heronsfl.rng import numpy_rng
 from heronsfl.state import load_prefixed, prefixed_state, travelling_state
 from heronsfl.tasks import build_split_model, get_task, load_datasets
@@ -125,6 +126,7 @@ class Simulation:
         self._t0 = 0.0
         self._wire_state: dict[str, Tensor] = {}
         self._shared: dict[str, nn.Module] = {}
+        self.progress = RoundProgress()  # within-round counts; the CLI swaps in a display
 
         self._server_losses_before = 0
 
@@ -191,6 +193,7 @@ class Simulation:
             server=server,
             measure=measure,
             sends=set(modules),
+            progress=self.progress,
         )
 
     def participants(self) -> list[int]:
@@ -206,11 +209,13 @@ class Simulation:
     def consume(self, up: Upload) -> None:
         """The main server's step on one upload (decoupled algorithms)."""
         self.algo.server_step(self.server, up)
+        self.progress.server_step()
 
     def run_round(self) -> dict[str, Any]:
         cfg = self.cfg
         wire_state = self.begin_round()
         clients = self.participants()
+        self.progress.start(self.round, len(clients), cfg.train.local_steps)
 
         def runs(order: list[int]) -> Iterator[ClientRun]:
             # Lazy: under sequential orders only one client's modules exist at a time.
@@ -252,6 +257,7 @@ class Simulation:
                 for up in step_uploads:
                     if up is not None:
                         self.consume(up)
+        self.progress.end()
         return self.end_round(done)
 
     def client_state(self, run: ClientRun) -> dict[str, Tensor]:
@@ -288,6 +294,7 @@ class Simulation:
                 server=self.server,
                 measure=self.step_cost is None and i == 0,
                 sends=set(),
+                progress=self.progress,
             )
             for i, cid in enumerate(clients)
         ]

@@ -272,6 +272,7 @@ def lm_task(preset: LMPreset) -> Task:
         random_inputs=functools.partial(random_inputs, preset),
         final_metrics=functools.partial(final_metrics, preset),
         paper_batch_size=preset.bench_batch,
+        provides=frozenset({"lora", "language-model"}),  # no whole-model variant yet
     )
 
 

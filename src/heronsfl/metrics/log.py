@@ -10,12 +10,16 @@ given again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from heronsfl import files
 from heronsfl.config import RunConfig, load_config, to_toml
 from heronsfl.errors import UserError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -30,21 +34,31 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a run directory's metrics.jsonl (see heronsfl.files.read_metrics)."""
+    return files.read_metrics(Path(run_dir) / METRICS_FILE)
 
 
 class RunWriter:
     """Owns one run directory for the duration of a run; resumes an unfinished one.
 
     After construction, `checkpoint` is the state to resume from (None for a fresh run) and
-    `records` the metrics of the rounds it covers.
+    `records` the metrics of the rounds it covers. Construction only reads and checks: nothing
+    is written until the first round is logged (or a checkpoint saved), so a run that fails
+    before that (wrong data root, no GPU, a NaN in round 1) leaves `out_dir` as it found it.
+
+    On resume the checkpoint is the source of truth: the metrics of the rounds it covers are
+    kept, a line after it is dropped, and a truncated last line (a kill while writing) is
+    dropped with a warning. What cannot be trusted (a damaged checkpoint, a missing config or
+    metrics file, rounds the checkpoint covers but the metrics lack) is refused with the fix.
     """
 
     def __init__(self, out_dir: str | Path, cfg: RunConfig, overwrite: bool = False) -> None:
-        self.dir = Path(out_dir)
+        self.dir = files.check_out_dir(out_dir)
+        self.cfg = cfg
+        self.overwrite = overwrite
         self.checkpoint: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
+        self._metrics: IO[str] | None = None
         if not overwrite:
             if (self.dir / SUMMARY_FILE).exists():
                 raise UserError(
@@ -52,58 +66,100 @@ class RunWriter:
                     "choose another --out or pass --overwrite"
                 )
             self._try_resume(cfg)
+
+    def _open(self) -> None:
+        """First write: the directory, config.toml and the metrics of the rounds resumed."""
+        if self._metrics is not None:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / SUMMARY_FILE).unlink(missing_ok=True)
         if self.checkpoint is None:
             (self.dir / CHECKPOINT_FILE).unlink(missing_ok=True)
-        (self.dir / CONFIG_FILE).write_text(to_toml(cfg))
+        (self.dir / CONFIG_FILE).write_text(to_toml(self.cfg))
         # Rewrite the metrics of the completed rounds (drops a line logged after the last
         # checkpoint), then append.
         self._metrics = open(self.dir / METRICS_FILE, "w")  # noqa: SIM115 - closed in close()
         for record in self.records:
-            self.log(record)
+            self._write(record)
 
     def _try_resume(self, cfg: RunConfig) -> None:
         ckpt = self.dir / CHECKPOINT_FILE
         if not ckpt.exists():
             return
-        if load_config(self.dir / CONFIG_FILE) != cfg:
+        fix = "pass --overwrite to start over, or choose another --out"
+        if not (self.dir / CONFIG_FILE).is_file():
             raise UserError(
-                f"{self.dir} holds an unfinished run of another config; "
-                "pass --overwrite to start over, or choose another --out"
+                f"{self.dir} has {CHECKPOINT_FILE} but no {CONFIG_FILE}, so it cannot tell "
+                f"which config the checkpoint belongs to; {fix}"
             )
-        import torch  # here, not at import: `heronsfl report` reads run dirs without torch
-
         try:
-            # weights_only: tensors, numbers, strings and containers; nothing is unpickled.
-            self.checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as e:  # a torn or foreign file: say so rather than guess
+            same = load_config(self.dir / CONFIG_FILE) == cfg
+        except UserError as e:
+            raise UserError(f"cannot resume {self.dir}: {CONFIG_FILE}: {e}; {fix}") from None
+        if not same:
+            raise UserError(f"{self.dir} holds an unfinished run of another config; {fix}")
+        self.checkpoint = files.read_checkpoint(ckpt)
+        done = self.checkpoint["round"]
+        metrics = self.dir / METRICS_FILE
+        if not metrics.is_file():
+            if done:
+                raise UserError(
+                    f"{self.dir} has a checkpoint after round {done} but no {METRICS_FILE}: "
+                    f"the metrics of those rounds are lost; {fix}"
+                )
+            return
+        records = files.read_metrics(metrics)
+        dropped = [r["round"] for r in records if r["round"] > done]
+        if dropped:
+            log.warning(
+                "%s: dropped the metrics of round(s) %s, logged after the last checkpoint "
+                "(round %d); they are run again",
+                metrics,
+                ", ".join(map(str, dropped)),
+                done,
+            )
+        self.records = [r for r in records if r["round"] <= done]
+        if [r["round"] for r in self.records] != list(range(1, done + 1)):
+            have = len(self.records)
             raise UserError(
-                f"{ckpt} is unreadable ({type(e).__name__}); pass --overwrite to start over"
-            ) from None
-        done = int(self.checkpoint["round"])
-        self.records = [r for r in read_metrics(self.dir) if r["round"] <= done]
-        if len(self.records) != done:
-            raise UserError(
-                f"{self.dir / METRICS_FILE} lacks rounds the checkpoint covers; "
-                "pass --overwrite to start over"
+                f"{metrics} holds {have} of the {done} rounds {CHECKPOINT_FILE} covers: "
+                f"the run cannot continue from it; {fix}"
             )
 
-    def log(self, record: dict[str, Any]) -> None:
+    def restore(self, sim: Any) -> None:
+        """Load the checkpoint into `sim` (an engine with `load_state_dict`), or say why not."""
+        assert self.checkpoint is not None, "restore() is for a resumed run"
+        try:
+            sim.load_state_dict(self.checkpoint)
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(
+                f"{self.dir / CHECKPOINT_FILE} does not fit this run ({first[:200]}): it is "
+                "damaged or from another version; pass --overwrite to start over"
+            ) from None
+
+    def _write(self, record: dict[str, Any]) -> None:
+        assert self._metrics is not None, "opened before writing"
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+
+    def log(self, record: dict[str, Any]) -> None:
+        self._open()
+        self._write(record)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         import torch
 
+        self._open()
         tmp = self.dir / (CHECKPOINT_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.dir / CHECKPOINT_FILE)
 
     def finish(self, summary: dict[str, Any]) -> None:
+        self._open()  # a resumed run whose last round was checkpointed logs nothing new
         self.close()
         write_json_atomic(self.dir / SUMMARY_FILE, summary)
 
     def close(self) -> None:
-        if not self._metrics.closed:
+        if self._metrics is not None and not self._metrics.closed:
             self._metrics.close()

@@ -6,6 +6,7 @@ The tensor crossing the cut is the `activations` (the papers' "smashed data").
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -65,9 +66,7 @@ def build_aux_head(kind: str, cut_shape: tuple[int, ...], num_classes: int) -> n
     conv:   3x3 stride-2 conv + BN + ReLU + global pool + Linear: few parameters for large cuts.
     """
     if kind == "linear":
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(int(torch.tensor(cut_shape).prod()), num_classes)
-        )
+        return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(cut_shape), num_classes))
     if kind == "resblock":
         from heronsfl.models.resnet import BasicBlock
 

@@ -34,13 +34,14 @@ from typing import IO
 import numpy as np
 
 from heronsfl.algorithms import get_algorithm
-from heronsfl.config import RunConfig, load_config, split_config_args
+from heronsfl.config import RunConfig, load_config, range_problem, split_config_args
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
 from heronsfl.engines.flower.protocol import DeployError, DeployOptions, NodeSettings
 from heronsfl.engines.simulation import client_partitions
-from heronsfl.errors import UserError
-from heronsfl.metrics.log import SUMMARY_FILE
+from heronsfl.errors import ConfigError, UserError
+from heronsfl.files import check_out_dir
+from heronsfl.metrics.log import METRICS_FILE, SUMMARY_FILE
 from heronsfl.tasks import load_datasets
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,11 @@ class LocalFederation:
     Use as a context manager: leaving it ends every process it started and their helpers.
     """
 
-    def __init__(self, workdir: Path, clients: int, port: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, clients: int, port: int = 0, logs: Path | None = None
+    ) -> None:
         self.workdir = workdir
-        self.logs = workdir / "flower"
+        self.logs = logs or workdir / "flower"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.home = Path(tempfile.mkdtemp(prefix="heronsfl-flwr-home-"))
         self.env = flower_env(self.home)
@@ -343,32 +346,64 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
     return replace(cfg, data=replace(data, root=root, cache_dir=cache))
 
 
+def _check_flags(ns: argparse.Namespace) -> None:
+    """Every numeric deploy flag in range (the config's range walker), before any work."""
+    checks = [
+        ("--round-timeout", ns.round_timeout, ">0"),
+        ("--connect-timeout", ns.connect_timeout, ">0"),
+        ("--min-clients", ns.min_clients, ">0"),
+    ]
+    if hasattr(ns, "port"):
+        checks += [("--port", ns.port, "[0, 65535]"), ("--timeout", ns.timeout, ">=0")]
+    problems = [p for flag, v, check in checks if (p := range_problem(flag, v, check))]
+    if problems:
+        raise ConfigError(problems)
+
+
 def cmd_local(ns: argparse.Namespace) -> int:
+    _check_flags(ns)
+    if ns.out is not None:
+        check_out_dir(ns.out)
     cfg = _absolute_paths(_config(ns.args))
     out = Path(ns.out or f"runs/deploy-{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out = out.resolve()
+    out = check_out_dir(out).resolve()
     opts = _options(ns, out)
     if (out / SUMMARY_FILE).exists() and not opts.overwrite:
         raise UserError(f"{out} already holds a completed run; choose another --out or --overwrite")
     # Generous bound: waiting for clients, then every round at its timeout plus local work.
     timeout = ns.timeout or opts.connect_timeout_s + cfg.rounds * (opts.round_timeout_s + 60) + 120
-    with LocalFederation(out, cfg.clients, ns.port) as fed:
-        app_dir = fed.home / "app"
-        write_app(app_dir, cfg, opts)
-        log.warning(
-            "SuperLink on 127.0.0.1:%d, %d SuperNodes; logs in %s", fed.port, cfg.clients, fed.logs
-        )
-        status = fed.run_app(app_dir, timeout, echo=not ns.quiet)
+    # Daemon logs go to a folder of their own and join the run directory only once it exists
+    # (a round was logged): a start that fails leaves --out as it found it and says where the
+    # logs are.
+    logs = Path(tempfile.mkdtemp(prefix="heronsfl-deploy-logs-"))
+    try:
+        with LocalFederation(out, cfg.clients, ns.port, logs=logs) as fed:
+            app_dir = fed.home / "app"
+            write_app(app_dir, cfg, opts)
+            log.warning(
+                "SuperLink on 127.0.0.1:%d, %d SuperNodes; logs in %s",
+                fed.port,
+                cfg.clients,
+                fed.logs,
+            )
+            status = fed.run_app(app_dir, timeout, echo=not ns.quiet)
+    finally:
+        if (out / METRICS_FILE).is_file():
+            shutil.rmtree(out / "flower", ignore_errors=True)  # a previous attempt's logs
+            shutil.move(str(logs), out / "flower")
+            logs = out / "flower"
     if not (out / SUMMARY_FILE).exists():
         raise DeployError(
             f"the run ended (flwr run exit status {status}) without finishing its rounds; "
-            f"see {out / 'flower'}/*.log; the same command resumes from the last checkpoint"
+            f"see {logs}/*.log; the same command resumes from the last checkpoint"
         )
     log.warning("done: %s", out)
     return 0
 
 
 def cmd_app(ns: argparse.Namespace) -> int:
+    _check_flags(ns)
+    check_out_dir(ns.app_dir, "--app-dir")
     cfg = _config(ns.args)
     out = Path(ns.out)
     if not out.is_absolute():
@@ -388,11 +423,12 @@ def cmd_app(ns: argparse.Namespace) -> int:
 
 
 def cmd_partition(ns: argparse.Namespace) -> int:
+    out = check_out_dir(ns.out_dir, "--out-dir")
     cfg = _config(ns.args)
-    out = Path(ns.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train = load_datasets(cfg, "train")
-    for i, idx in enumerate(client_partitions(cfg, train)):
+    parts = client_partitions(cfg, train)  # fails (too many clients) before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    for i, idx in enumerate(parts):
         path = out / f"client_{i}.npz"
         np.savez(path, x=train.x[idx].numpy(), y=train.y[idx].numpy())
         node = NodeSettings(i, cfg.clients, data_path=str(path.resolve()))

@@ -88,7 +88,7 @@ class FlowerServer:
         records = list(writer.records)
         try:
             if writer.checkpoint is not None:
-                self.sim.load_state_dict(writer.checkpoint)
+                writer.restore(self.sim)
                 last = records[-1]  # (a run begun by `heronsfl run` has no Flower bytes yet)
                 self.flower_bytes = {
                     "up": last.get("flower/uplink_bytes", 0),
