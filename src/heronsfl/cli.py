@@ -352,7 +352,7 @@ def allocation_failure(e: BaseException) -> str | None:
     tried = f"tried to allocate {size}" if size else "an allocation failed (size not reported)"
     return (
         f"out of memory: {tried}; lower the sizes that scale memory (train.batch_size, "
-        "train.eval_batch_size, model.width, clients; bench: --batch-size)"
+        "train.eval_batch_size, model.width, clients, data.synthetic; bench: --batch-size)"
     )
 
 

@@ -29,8 +29,12 @@ WireDtype = Literal["fp32", "fp16", "bf16"]
 # - Local steps: h = 1e5 steps per client per round is already longer than a whole centralized
 #   training of the paper's model (ResNet-18/CIFAR-10: ~40k steps at batch 256); a round longer
 #   than that is no longer federated learning, and at 1e9 a round never ends.
+# - Clients: each needs at least one training sample, and the largest training set in the
+#   registry (CIFAR-10: 50,000 images) has fewer than 1e5; past that the partitioner would
+#   build per-client arrays for a population that cannot exist (1e9 clients never start).
 MAX_PROBES = 1024
 MAX_LOCAL_STEPS = 100_000
+MAX_CLIENTS = 100_000
 INT64_MAX = 2**63 - 1  # torch and numpy take 64-bit integers (seeds, sizes, step counts)
 
 
@@ -162,7 +166,8 @@ class FSLSAGEConfig:
     align_every: int = _f(
         10, "re-fit every client's aux head every this many rounds (l)", check=">0"
     )
-    align_epochs: int = _f(1, "passes over the buffer per alignment", check=">0")
+    # FSL-SAGE uses 1; a thousand passes over the same buffer only overfit the aux head to it.
+    align_epochs: int = _f(1, "passes over the buffer per alignment", check="[1, 1000]")
     align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit", check=">0")
     align_batch_size: int = _f(
         0,
@@ -272,7 +277,9 @@ class RunConfig:
     algorithm: str = _f("heron-sfl", "algorithm (see `heronsfl ls`)")
     task: str = _f("resnet18-cifar10", "model + dataset (see `heronsfl ls`)")
     rounds: int = _f(30, "communication rounds", check=">0")
-    clients: int = _f(5, "number of clients (all take part in every round)", check=">0")
+    clients: int = _f(
+        5, "number of clients (all take part in every round)", check=f"[1, {MAX_CLIENTS}]"
+    )
     seed: int = _f(
         0, "root of every random stream (init, data order, partition, ZO probes)", check=">=0"
     )

@@ -393,9 +393,14 @@ def cmd_local(ns: argparse.Namespace) -> int:
             shutil.move(str(logs), out / "flower")
             logs = out / "flower"
     if not (out / SUMMARY_FILE).exists():
+        after = (
+            "the same command resumes from the last checkpoint"
+            if (out / METRICS_FILE).is_file()
+            else f"no round finished, so {out} was left as it was"
+        )
         raise DeployError(
             f"the run ended (flwr run exit status {status}) without finishing its rounds; "
-            f"see {logs}/*.log; the same command resumes from the last checkpoint"
+            f"see {logs}/*.log; {after}"
         )
     log.warning("done: %s", out)
     return 0
