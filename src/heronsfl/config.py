@@ -24,11 +24,11 @@ WireDtype = Literal["fp32", "fp16", "bf16"]
 # is where the next unit of cost buys (almost) nothing:
 # - ZO probes: the estimate's variance falls as 1/q while a step costs q + 1 forwards. At
 #   q = 1024 one ZO step already costs about 340 first-order steps (forward + backward = ~3
-#   forwards) for an estimate still noisier than the exact gradient FO gets; MeZO and HERON-SFL
-#   use q <= 16. Past this, train the client first-order instead.
+#   forwards) for an estimate still noisier than the exact gradient FO gets; the ZO papers
+#   here use single-digit q (MeZO: q = 1). Past this, train the client first-order instead.
 # - Local steps: h = 1e5 steps per client per round is already longer than a whole centralized
-#   training of the paper's model (ResNet-18/CIFAR-10: ~40k steps at batch 256); a round longer
-#   than that is no longer federated learning, and at 1e9 a round never ends.
+#   training of the paper's model (ResNet-18/CIFAR-10: 200 epochs at batch 256 are ~39k
+#   steps); a round longer than that is no longer federated learning, and at 1e9 it never ends.
 # - Clients: each needs at least one training sample, and the largest training set in the
 #   registry (CIFAR-10: 50,000 images) has fewer than 1e5; past that the partitioner would
 #   build per-client arrays for a population that cannot exist (1e9 clients never start).
