@@ -262,6 +262,36 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Defenses of the uploaded activations against an honest-but-curious main server
+    (`heronsfl attack inversion` measures what they buy). All off by default."""
+
+    noise_std: float = _f(
+        0.0,
+        "std of Gaussian noise added to every uploaded activation element (0 = none); "
+        "the client's own local loss sees the clean activations",
+        check=">=0",
+    )
+    clip_norm: float = _f(
+        0.0,
+        "clip each sample's uploaded activations to this L2 norm before the noise (0 = none)",
+        check=">=0",
+    )
+    nopeek_weight: float = _f(
+        0.0,
+        "NoPeek (arXiv 2008.09161): weight of the distance correlation between a batch's inputs "
+        "and activations, added to the client's local loss (0 = none); a ZO client minimises it "
+        "with forward passes alone",
+        check=">=0",
+    )
+    keep_client_rounds: bool = _f(
+        False,
+        "save the global client sub-model of every round in client_rounds/ of the run "
+        "directory, so an attack can compare rounds",
+    )
+
+
+@dataclass(frozen=True)
 class CommConfig:
     """What crosses the network, and at which precision it is counted and sent."""
 
@@ -295,6 +325,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 # ----------------------------------------------------------------------------- building
@@ -552,6 +583,7 @@ def validate(cfg: RunConfig) -> list[str]:
                 f"which task {cfg.task!r} lacks; use one of: {', '.join(fit) or 'none yet'}"
             )
     p += _range_problems(cfg)
+    p += _privacy_problems(cfg)
     if t.clients_per_round > cfg.clients:
         p.append(
             f"train.clients_per_round = {t.clients_per_round} > clients = {cfg.clients}; "
@@ -566,6 +598,33 @@ def validate(cfg: RunConfig) -> list[str]:
         from heronsfl.tasks import size_problems
 
         p += size_problems(cfg)
+    return p
+
+
+def _privacy_problems(cfg: RunConfig) -> list[str]:
+    """The privacy defenses act on uploaded activations and on a client that trains."""
+    from heronsfl.algorithms import ALGORITHMS
+
+    pv, algo = cfg.privacy, ALGORITHMS.get(cfg.algorithm)
+    p: list[str] = []
+    if algo is None:
+        return p
+    noisy = pv.noise_std > 0 or pv.clip_norm > 0
+    if noisy and not algo.uploads_activations:
+        p.append(
+            f"privacy.noise_std / privacy.clip_norm protect uploaded activations, and "
+            f"{cfg.algorithm!r} uploads none; set them to 0 or use a split algorithm"
+        )
+    if pv.nopeek_weight > 0 and not (algo.supports_nopeek and algo.uploads_activations):
+        p.append(
+            f"privacy.nopeek_weight is not implemented for {cfg.algorithm!r}; set it to 0 or "
+            "use heron-sfl, cse-fsl, sflv1 or sflv2"
+        )
+    if pv.nopeek_weight > 0 and cfg.model.freeze_client:
+        p.append(
+            "privacy.nopeek_weight trains the client against leakage, but model.freeze_client "
+            "keeps it fixed; set one of them off"
+        )
     return p
 
 
@@ -637,6 +696,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
+    "PrivacyConfig",
     "RunConfig",
     "TrainConfig",
     "ZOConfig",

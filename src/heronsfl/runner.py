@@ -55,6 +55,9 @@ def run_experiment(
             log.warning("resuming %s after round %d", writer.dir, sim.round)
         # wall_s keeps counting across a resume: time already spent, plus this process's.
         t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
+        keep = writer is not None and cfg.privacy.keep_client_rounds
+        if writer is not None and keep and sim.round == 0:
+            writer.save_client_round(0, sim.client_snapshot())
         stopped = None
         while sim.round < cfg.rounds:
             record = sim.run_round()
@@ -63,6 +66,8 @@ def run_experiment(
             if writer is not None:
                 writer.log(record)
                 writer.save_checkpoint(sim.state_dict())
+                if keep:  # the attack's per-round targets (privacy.keep_client_rounds)
+                    writer.save_client_round(sim.round, sim.client_snapshot())
             if on_round is not None:
                 on_round(record)
             sent = record["comm/uplink_bytes"] + record["comm/downlink_bytes"]

@@ -11,6 +11,7 @@ same code. How an engine drives it is data on the class:
 - zeroth_order_client: the client never calls backward (HERON-SFL).
 - uploads_activations: False for plain federated learning of the whole model (no main server).
 - trains_whole_model: the client holds the whole network (FedAvg, MeZO); there is no cut.
+- supports_nopeek: the client adds the NoPeek penalty (privacy.nopeek_weight) to its loss.
 - requires: capabilities the task must provide (a LoRA model, a whole-model variant).
 - server_schedule: "sequential" = one server model consumes every client's uploads;
   "parallel" = one server copy per client, averaged at the end of the round (SFLV1).
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from heronsfl.config import OptimConfig, RunConfig
 from heronsfl.errors import DivergedError
 from heronsfl.messages import Batch, Download, Upload
+from heronsfl.privacy.defenses import protect_upload
 
 WIRE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 IGNORE_INDEX = -100  # targets that carry no loss (padding, a language model's prompt tokens)
@@ -118,6 +120,7 @@ class SplitAlgorithm(ABC):
     # True: clients keep one client model in sync by applying the same broadcast update every
     # step (HO-SFL); no parameters are exchanged and the engine calls `synchronize` per step.
     shared_client_model: ClassVar[bool] = False
+    supports_nopeek: ClassVar[bool] = False
     # What the task must provide (see Task.provides), e.g. {"lora"} for SplitLoRA: validation
     # refuses an impossible pairing instead of running something that is not the method.
     requires: ClassVar[frozenset[str]] = frozenset()
@@ -153,6 +156,7 @@ class SplitAlgorithm(ABC):
 
     def _upload(self, c: ClientState, activations: Tensor, labels: Tensor) -> Upload:
         # The payload is cast to wire precision here: what is counted is what is sent.
+        activations = protect_upload(self.cfg, c, activations)  # privacy defenses; off: as is
         return Upload(c.client_id, activations.detach().to(self.wire_dtype, copy=True), labels)
 
     def _where(self, c: ClientState) -> str:

@@ -16,6 +16,7 @@ from typing import ClassVar
 
 from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, head_loss
 from heronsfl.messages import Batch, Upload
+from heronsfl.privacy.defenses import nopeek_penalty
 
 
 class CSEFSL(SplitAlgorithm):
@@ -23,11 +24,15 @@ class CSEFSL(SplitAlgorithm):
     summary: ClassVar[str] = "FO client + aux head (backprop), FO server, upload every k"
     sends_gradients: ClassVar[bool] = False
     uses_aux_head: ClassVar[bool] = True
+    supports_nopeek: ClassVar[bool] = True
 
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
         assert c.aux is not None and c.optimizer is not None, "CSE-FSL needs aux + optimizer"
         acts = c.model(batch.x)  # (B, *cut_shape)
         loss = head_loss(c.aux, acts, batch.y)
+        penalty = nopeek_penalty(self.cfg, batch.x, acts)  # privacy.nopeek_weight
+        if penalty is not None:
+            loss = loss + penalty
         c.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         c.optimizer.step()

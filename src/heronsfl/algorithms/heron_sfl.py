@@ -49,6 +49,7 @@ import torch
 
 from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, head_loss, task_loss
 from heronsfl.messages import Batch, Upload
+from heronsfl.privacy.defenses import nopeek_penalty
 from heronsfl.rng import derive_seed
 from heronsfl.zo.perturb import accumulate_grad_, dropout_off, frozen_batchnorm_stats, perturb_
 
@@ -61,6 +62,7 @@ class HeronSFL(SplitAlgorithm):
     sends_gradients: ClassVar[bool] = False
     uses_aux_head: ClassVar[bool] = True
     zeroth_order_client: ClassVar[bool] = True
+    supports_nopeek: ClassVar[bool] = True  # the penalty is one more term of the forward loss
 
     def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
         # ZO-SGD updates in place from the seeds: no optimizer object, no state.
@@ -74,13 +76,17 @@ class HeronSFL(SplitAlgorithm):
         """The q direction seeds of a step: anyone holding the step seed regenerates every u_i."""
         return [derive_seed(step_seed, i) for i in range(self.cfg.zo.num_probes)]
 
-    @staticmethod
-    def _local_loss(c: ClientState, acts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The local loss: through the aux head, or on the model's own output (MeZO)."""
-        return task_loss(acts, y) if c.aux is None else head_loss(c.aux, acts, y)
+    def _local_loss(
+        self, c: ClientState, x: torch.Tensor, acts: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """The local loss: through the aux head, or on the model's own output (MeZO), plus the
+        NoPeek penalty when privacy.nopeek_weight > 0 (forwards only, like the rest)."""
+        loss = task_loss(acts, y) if c.aux is None else head_loss(c.aux, acts, y)
+        penalty = nopeek_penalty(self.cfg, x, acts)
+        return loss if penalty is None else loss + penalty
 
     def _loss(self, c: ClientState, x: torch.Tensor, y: torch.Tensor) -> float:
-        return self._local_loss(c, c.model(x), y).item()  # host sync: the ZO scalar
+        return self._local_loss(c, x, c.model(x), y).item()  # host sync: the ZO scalar
 
     @torch.no_grad()
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
@@ -108,7 +114,7 @@ class HeronSFL(SplitAlgorithm):
             if unperturbed:
                 acts = c.model(x)  # (B, *cut_shape); updates BN running statistics once
                 if zo.estimator == "one-sided":
-                    loss0 = self._local_loss(c, acts, y).item()  # host sync
+                    loss0 = self._local_loss(c, x, acts, y).item()  # host sync
                 if uploads:
                     upload = self._upload(c, acts, y)
                 del acts

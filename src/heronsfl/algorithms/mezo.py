@@ -23,4 +23,5 @@ class MeZO(HeronSFL):
     uses_aux_head: ClassVar[bool] = False
     uploads_activations: ClassVar[bool] = False
     trains_whole_model: ClassVar[bool] = True
+    supports_nopeek: ClassVar[bool] = False  # no cut, no activations to decorrelate
     requires: ClassVar[frozenset[str]] = frozenset({"whole-model"})

@@ -16,7 +16,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from heronsfl.algorithms.base import ClientState, SplitAlgorithm
+import torch
+
 from heronsfl.messages import Batch, Download, Upload
+from heronsfl.privacy.defenses import nopeek_penalty
 
 
 class SFLV2(SplitAlgorithm):
@@ -24,16 +27,27 @@ class SFLV2(SplitAlgorithm):
     summary: ClassVar[str] = "synchronous SFL: server returns cut gradients every batch"
     sends_gradients: ClassVar[bool] = True
     uses_aux_head: ClassVar[bool] = False
+    supports_nopeek: ClassVar[bool] = True
 
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
         acts = c.model(batch.x)  # (B, *cut_shape); the graph stays alive until the gradient
         c.pending = acts
+        if self.cfg.privacy.nopeek_weight > 0:
+            c.pending_input = batch.x  # for the NoPeek penalty, once the gradient arrives
         return self._upload(c, acts, batch.y)
 
     def client_apply(self, c: ClientState, down: Download) -> None:
         assert c.pending is not None, "client_apply without a pending forward"
         assert c.optimizer is not None, "an FO client needs its optimizer"
         c.optimizer.zero_grad(set_to_none=True)
-        c.pending.backward(down.gradient.to(c.pending))  # to the client's dtype and device
+        grad = down.gradient.to(c.pending)  # to the client's dtype and device
+        penalty = None
+        if c.pending_input is not None:
+            penalty = nopeek_penalty(self.cfg, c.pending_input, c.pending)
+        if penalty is None:
+            c.pending.backward(grad)
+        else:  # d(server loss)/dθ through the returned gradient, plus d(penalty)/dθ
+            torch.autograd.backward([c.pending, penalty], [grad, None])
+        c.pending_input = None
         c.optimizer.step()
         c.pending = None

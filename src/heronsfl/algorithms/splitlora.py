@@ -30,4 +30,5 @@ from heronsfl.algorithms.sflv2 import SFLV2
 class SplitLoRA(SFLV2):
     name: ClassVar[str] = "splitlora"
     summary: ClassVar[str] = "SFLV2 on a LoRA model: cut gradients every batch, LoRA averaged"
+    supports_nopeek: ClassVar[bool] = False  # token ids: no input geometry to decorrelate from
     requires: ClassVar[frozenset[str]] = frozenset({"lora"})  # on a plain CNN it is just SFLV2

@@ -377,6 +377,10 @@ class Simulation:
             "step_cost": None if sc is None else dataclasses.asdict(sc),
         }
 
+    def client_snapshot(self) -> dict[str, Tensor]:
+        """The global client sub-model's state (no aux head): what an attacker would hold."""
+        return {k: v for k, v in self.global_state.items() if k.startswith("client.")}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round = int(state["round"])
         self.global_state = {k: v.to(self.device) for k, v in state["global_state"].items()}

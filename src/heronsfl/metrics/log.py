@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +26,11 @@ CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
 SUMMARY_FILE = "summary.json"
+CLIENT_ROUNDS_DIR = "client_rounds"  # privacy.keep_client_rounds: round_0003.pt, ...
+
+
+def client_round_path(run_dir: str | Path, round_idx: int) -> Path:
+    return Path(run_dir) / CLIENT_ROUNDS_DIR / f"round_{round_idx:04d}.pt"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -75,6 +81,7 @@ class RunWriter:
         (self.dir / SUMMARY_FILE).unlink(missing_ok=True)
         if self.checkpoint is None:
             (self.dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+            shutil.rmtree(self.dir / CLIENT_ROUNDS_DIR, ignore_errors=True)
         (self.dir / CONFIG_FILE).write_text(to_toml(self.cfg))
         # Rewrite the metrics of the completed rounds (drops a line logged after the last
         # checkpoint), then append.
@@ -154,6 +161,17 @@ class RunWriter:
         tmp = self.dir / (CHECKPOINT_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.dir / CHECKPOINT_FILE)
+
+    def save_client_round(self, round_idx: int, state: dict[str, Any]) -> None:
+        """The global client sub-model after `round_idx` (0 = its initialisation)."""
+        import torch
+
+        self._open()  # before the snapshot: opening a fresh run clears stale ones
+        path = client_round_path(self.dir, round_idx)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._open()  # a resumed run whose last round was checkpointed logs nothing new
