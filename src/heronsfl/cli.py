@@ -1,4 +1,4 @@
-"""`heronsfl run | bench | demo | validate | ls`.
+"""`heronsfl run | bench | demo | validate | ls` (and report | sweep | deploy | attack).
 
 User errors (bad config, missing data, divergence) end with one `heronsfl: error: ...` line and
 exit status 2, never a traceback. So does running out of memory (the line names the size that
@@ -216,6 +216,7 @@ PASSTHROUGH = {
     "report": ("heronsfl.report", "plot and tabulate finished runs"),
     "sweep": ("heronsfl.sweep", "run a grid of configs into one folder"),
     "deploy": ("heronsfl.engines.flower.deploy", "run on Flower: SuperLink + SuperNodes"),
+    "attack": ("heronsfl.privacy.attack", "privacy attacks on a run: heronsfl attack inversion"),
 }
 
 
@@ -227,7 +228,9 @@ def cmd_passthrough(ns: argparse.Namespace) -> int:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         if e.name is not None and not e.name.startswith("heronsfl"):
-            extra = {"deploy": "flower", "report": "report"}.get(ns.command, "all")
+            extra = {"deploy": "flower", "report": "report", "attack": "privacy"}.get(
+                ns.command, "all"
+            )
             raise UserError(
                 f"heronsfl {ns.command} needs {e.name!r}: pip install -e '.[{extra}]'"
             ) from None

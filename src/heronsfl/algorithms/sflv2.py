@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from heronsfl.algorithms.base import ClientState, SplitAlgorithm
 import torch
 
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm
 from heronsfl.messages import Batch, Download, Upload
 from heronsfl.privacy.defenses import nopeek_penalty
 
