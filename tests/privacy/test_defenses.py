@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heronsfl.config import load_config
+from heronsfl.config import describe_fields, load_config
 from heronsfl.engines.simulation import Simulation
 from heronsfl.errors import ConfigError
 from heronsfl.privacy.defenses import clip_and_noise, distance_correlation
@@ -68,12 +68,18 @@ def test_distance_correlation() -> None:
 def test_nopeek_changes_the_client_update(algorithm: str) -> None:
     # Prepare
     def client_after_round(*overrides: str) -> torch.Tensor:
-        sim = Simulation(tiny_config(f"algorithm={algorithm}", "rounds=1", *overrides))
+        steps = ["train.local_steps=2", "train.upload_every=1"]
+        sim = Simulation(tiny_config(f"algorithm={algorithm}", "rounds=1", *steps, *overrides))
         sim.run_round()
         return torch.cat([v.flatten() for k, v in sim.global_state.items() if "weight" in k])
 
     # Execute / Assert: same seed, the penalty alone changes where the client ends
     assert not torch.equal(client_after_round(), client_after_round("privacy.nopeek_weight=1"))
+
+
+def test_privacy_keys_are_listed() -> None:
+    keys = {k for k, _, _ in describe_fields()}
+    assert {"privacy.noise_std", "privacy.clip_norm", "privacy.nopeek_weight"} <= keys
 
 
 def test_privacy_config_rules() -> None:

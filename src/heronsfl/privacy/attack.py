@@ -362,6 +362,9 @@ def run_attack(
         entry["png"] = png.name
         result["rounds"].append(entry)
 
+    # Labels: the checkpoint round's client and server, which the server held together.
+    client = copy.deepcopy(model.client)
+    client.load_state_dict(_client_state(run_dir, int(ckpt["round"]), ckpt), strict=False)
     result["labels"] = _labels(cfg, ckpt, algo, model, client, victim_x, victim_y, to_input, seed)
     result["label_exposure"] = label_exposure()
     result["wall_s"] = time.perf_counter() - t0
