@@ -262,8 +262,10 @@ def run_attack(
     attacker_x = _pixels(test.x[perm[: len(test) // 2]])
     train = load_datasets(cfg, "train")
     owned = np.concatenate(client_partitions(cfg, train))
+    # In random order: the victims' batches mix classes as the clients' IID batches do (batch
+    # statistics shape the activations), and the PNG shows a varied sample.
     pick = numpy_rng(seed, "attack", "victims").permutation(owned)[: min(images, len(owned))]
-    victim_x, victim_y = _pixels(train.x[np.sort(pick)]), train.y[np.sort(pick)]
+    victim_x, victim_y = _pixels(train.x[pick]), train.y[pick]
     mean_image = attacker_x.mean(0, keepdim=True).expand_as(victim_x)
     result: dict[str, Any] = {
         "run": str(run_dir),
