@@ -295,7 +295,7 @@ def run_attack(
     for r in round_list:
         log.info("attacking round %d of %s", r, run_dir)
         client = copy.deepcopy(model.client)
-        client.load_state_dict(client_states[r], strict=False)
+        client.load_state_dict(client_states[r])  # strict: every weight is the run's
         client.requires_grad_(False)
         victim_z = uploaded_activations(
             client, cfg, victim_x, to_input, derive_seed(seed, "victim-noise", r) if noisy else None
@@ -366,7 +366,7 @@ def run_attack(
 
     # Labels: the checkpoint round's client and server, which the server held together.
     client = copy.deepcopy(model.client)
-    client.load_state_dict(_client_state(run_dir, int(ckpt["round"]), ckpt), strict=False)
+    client.load_state_dict(_client_state(run_dir, int(ckpt["round"]), ckpt))
     result["labels"] = _labels(cfg, ckpt, algo, model, client, victim_x, victim_y, to_input, seed)
     result["label_exposure"] = label_exposure()
     result["wall_s"] = time.perf_counter() - t0
