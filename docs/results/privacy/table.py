@@ -41,8 +41,9 @@ def rows(dataset: str) -> list[str]:
         for e in res["rounds"]:
             u = e.get("unsplit")
             us = "-" if u is None else f"{u['psnr']:.1f} / {u['ssim']:.3f}"
+            last = e["round"] == res["checkpoint_round"]  # the accuracy is the run's final one
             out.append(
-                f"| {NAMES[a]} | {DEFENSES[d]} | {acc:.3f} | {e['round']} "
+                f"| {NAMES[a]} | {DEFENSES[d]} | {f'{acc:.3f}' if last else '-'} | {e['round']} "
                 f"| {e['decoder']['psnr']:.1f} | {e['decoder']['ssim']:.3f} | {us} "
                 f"| {b['psnr']:.1f} / {b['ssim']:.3f} | {lab} |"
             )
