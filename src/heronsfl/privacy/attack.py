@@ -24,14 +24,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from heronsfl.algorithms import get_algorithm
-from heronsfl.algorithms.base import WIRE_DTYPES, head_loss
+from heronsfl.algorithms.base import WIRE_DTYPES, SplitAlgorithm, head_loss
 from heronsfl.config import RunConfig, load_config
 from heronsfl.errors import ConfigError, UserError
 from heronsfl.metrics.log import (
@@ -42,6 +42,7 @@ from heronsfl.metrics.log import (
     read_metrics,
     write_json_atomic,
 )
+from heronsfl.models.split import SplitModel
 from heronsfl.privacy.defenses import clip_and_noise
 from heronsfl.privacy.inversion import build_decoder, decode, train_decoder, unsplit
 from heronsfl.privacy.labels import gradient_label_inference, label_exposure
@@ -55,7 +56,7 @@ RESULT_FILE = "inversion.json"
 class _Parser(argparse.ArgumentParser):
     """Bad flags end like every other user error: one `heronsfl: error:` line, status 2."""
 
-    def error(self, message: str) -> Any:  # argparse's hook; never returns
+    def error(self, message: str) -> NoReturn:  # argparse's hook
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
@@ -386,8 +387,8 @@ def _last_accuracy(run_dir: Path) -> float | None:
 def _labels(
     cfg: RunConfig,
     ckpt: dict[str, Any],
-    algo: Any,
-    model: Any,
+    algo: type[SplitAlgorithm],
+    model: SplitModel,
     client: nn.Module,
     x: Tensor,
     y: Tensor,
