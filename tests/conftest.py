@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from heronsfl.config import RunConfig, with_overrides
+from heronsfl.config import RunConfig
+from heronsfl.registry import with_overrides
 
 TINY = [
     "task=cnn-digits",

@@ -48,9 +48,9 @@ def test_a_killed_run_resumes_to_the_same_final_metrics(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
-    from heronsfl.config import load_config
     from heronsfl.errors import UserError
     from heronsfl.metrics.log import RunWriter
+    from heronsfl.registry import load_config
 
     cfg = load_config(None, [*TINY, "rounds=3"])
     writer = RunWriter(tmp_path, cfg)
@@ -65,7 +65,7 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
 
 
 def test_communication_budget_stops_the_run(tmp_path: Path) -> None:
-    from heronsfl.config import load_config
+    from heronsfl.registry import load_config
     from heronsfl.runner import run_experiment
 
     summary = run_experiment(

@@ -9,23 +9,20 @@ state, batch and temporaries) on CPU; torch.cuda.max_memory_allocated on CUDA.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
-
 from heronsfl.algorithms import ALGORITHMS, get_algorithm
 from heronsfl.algorithms.base import ClientState
-from heronsfl.config import MAX_LOCAL_STEPS, RunConfig, _f, range_problem, with_overrides
-from heronsfl.engines.simulation import new_server_state, resolve_device
+from heronsfl.config import MAX_LOCAL_STEPS, RunConfig, _f, range_problem
 from heronsfl.engines.step import local_step, measure_local_step
 from heronsfl.errors import ConfigError
+from heronsfl.federation import resolve_device
 from heronsfl.messages import Batch
 from heronsfl.metrics.memory import cuda_peak_bytes
 from heronsfl.models.split import count_params
+from heronsfl.registry import with_overrides
 from heronsfl.rng import generator
-from heronsfl.state import travelling_state
 from heronsfl.tasks import TASKS, build_split_model, get_task, size_problems
 
 
@@ -56,7 +53,7 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     model.to(device)
     # On CUDA the allocator's peak would include the server's step: keep the server on the CPU.
     model.server.to("cpu")
-    server = new_server_state(model.server, cfg)
+    server = algo.new_server_state(model.server)
     c = ClientState(0, 1, model.client, model.aux, None)
     c.optimizer = algo.new_client_optimizer(c)
     x, y = task.random_batch(cfg.train.batch_size, generator(cfg.seed, "bench"))
@@ -72,22 +69,8 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         peak = cuda_peak_bytes(
             lambda: local_step(algo, c, batch, server), *resident, batch.x, batch.y
         )
-    # What the Fed-Server averages, restricted to what travels (engines/client.py).
-    averaged = {"client": model.client}
-    if algo.uses_aux_head and algo.averages_aux and model.aux is not None:
-        averaged["aux"] = model.aux
-    travelling = travelling_state(averaged)
-    wire = algo.wire_dtype.itemsize
-    down = up = _wire_bytes(travelling.values(), wire)
-    h = cfg.train.local_steps
-    if algo.shared_client_model:
-        # HO-SFL: no parameters travel; P fp32 scalars up and P down per local step.
-        down = up = h * 4 * cfg.ho_sfl.num_probes
-    elif algo.zeroth_order_client and cfg.zo.exchange == "seeds":
-        # Per local step one 8-byte step seed and q fp32 scalars; buffers still travel.
-        q = cfg.zo.num_probes
-        buffers = [t for m in averaged.values() for t in m.buffers()]
-        up = _wire_bytes(buffers, wire) + h * (8 + 4 * q)
+    # The per-round model exchange, as the algorithm sends it (engines/client.py).
+    down, up = algo.model_bytes_per_round(algo.client_modules(model)[0])
     return {
         "algorithm": cfg.algorithm,
         "task": cfg.task,
@@ -109,13 +92,6 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         "wire_dtype": cfg.comm.wire_dtype,
         "zo_exchange": cfg.zo.exchange if algo.zeroth_order_client else None,
     }
-
-
-def _wire_bytes(tensors: Iterable[torch.Tensor], wire_itemsize: int) -> int:
-    """Bytes as sent: floating tensors at wire precision, integer buffers as they are."""
-    return sum(
-        t.numel() * (wire_itemsize if t.is_floating_point() else t.element_size()) for t in tensors
-    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +157,7 @@ def resources(
     overrides: list[str] = (),  # type: ignore[assignment]
     local_steps: int = 39,
 ) -> list[dict[str, Any]]:
-    """One row per algorithm (plus HERON-SFL with the seeds exchange, when HERON is listed).
+    """One row per algorithm, plus one with the seeds exchange for each that offers it.
 
     `local_steps` (h) sizes the per-round exchanges that grow with it: the seeds exchange's
     h * (8 + 4q) bytes and HO-SFL's h * 4P scalars each way.
@@ -191,8 +167,9 @@ def resources(
     names = algorithms or [n for n, a in ALGORITHMS.items() if a.requires <= provides]
     batch_size = batch_size or get_task(task).paper_batch_size
     variants = [(name, []) for name in names]
-    if "heron-sfl" in names:
-        variants.append(("heron-sfl", ["zo.exchange=seeds"]))
+    # (an unknown name is reported by the config check, with the known ones)
+    seeds = [n for n in names if n in ALGORITHMS and "seeds" in ALGORITHMS[n].exchanges]
+    variants += [(n, ["zo.exchange=seeds"]) for n in seeds]
     rows = []
     for name, extra in variants:
         cfg = _config(task, name, batch_size, device, [*overrides, *extra], local_steps)
@@ -206,9 +183,10 @@ def resources(
     return rows
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """The paper's Table 2 layout: memory and compute per client step, plus bytes."""
-    base = next((r for r in rows if r["algorithm"] == "sflv2"), rows[0])
+def format_table(rows: list[dict[str, Any]], baseline: str = "sflv2") -> str:
+    """The paper's Table 2 layout: memory and compute per client step, plus bytes, with ratios
+    to the `baseline` row (the paper's: SFLV2; else the first row)."""
+    base = next((r for r in rows if r["label"] == baseline), rows[0])
     head = (
         f"{'algorithm':<18}{'peak mem (MB)':>15}{'vs ' + base['algorithm']:>12}"
         f"{'MACs/step (G)':>16}{'vs ' + base['algorithm']:>12}{'up/step (MB)':>14}"

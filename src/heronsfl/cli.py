@@ -78,8 +78,9 @@ def round_progress(quiet: bool) -> Any:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from heronsfl.config import load_config, split_config_args
+    from heronsfl.config import split_config_args
     from heronsfl.files import check_out_dir
+    from heronsfl.registry import load_config
     from heronsfl.runner import run_experiment
 
     if ns.out is not None:
@@ -121,7 +122,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:
-    from heronsfl.config import load_config, split_config_args
+    from heronsfl.config import split_config_args
+    from heronsfl.registry import load_config
 
     path, overrides = split_config_args([ns.config, *ns.overrides])
     cfg = load_config(path, overrides)
@@ -133,13 +135,13 @@ def cmd_validate(ns: argparse.Namespace) -> int:
 
 
 def cmd_ls(ns: argparse.Namespace) -> int:
-    from heronsfl.algorithms import ALGORITHMS
+    from heronsfl.algorithms import ALGORITHMS, config_sections
     from heronsfl.config import describe_fields, presets
     from heronsfl.data.partition import PARTITIONERS
     from heronsfl.tasks import TASKS
 
     if ns.keys:
-        for key, default, help_text in describe_fields():
+        for key, default, help_text in describe_fields(sections=config_sections()):
             print(f"{key} = {default}\n    {help_text}")
         return 0
     print("algorithms:")

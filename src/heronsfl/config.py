@@ -12,6 +12,7 @@ import difflib
 import math
 import re
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -38,13 +39,17 @@ MAX_CLIENTS = 100_000
 INT64_MAX = 2**63 - 1  # torch and numpy take 64-bit integers (seeds, sizes, step counts)
 
 
-def _f(default: Any, help: str, check: str | None = None) -> Any:
+def config_field(default: Any, help: str, check: str | None = None) -> Any:
     """A config field: its default, its help text and (optionally) its allowed range.
 
     `check` is ">0", ">=0" or an interval such as "[0, 1)" or "[1, 1024]" (`inf` allowed).
-    Whatever the check, a float must be finite and an int must fit in 64 bits.
+    Whatever the check, a float must be finite and an int must fit in 64 bits. Also for the
+    algorithms' own config sections, declared next to their code.
     """
     return field(default=default, metadata={"help": help, "check": check})
+
+
+_f = config_field
 
 
 _INTERVAL = re.compile(r"^([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])$")
@@ -140,7 +145,12 @@ class ZOConfig:
     # A finite difference estimates a derivative only for a step small next to the weights;
     # mu > 1 moves them by more than their own scale (and 1e300 overflows fp32).
     mu: float = _f(1e-3, "mu: perturbation scale of the finite difference", check="(0, 1]")
-    num_probes: int = _f(1, "q: random directions per step, averaged", check=f"[1, {MAX_PROBES}]")
+    num_probes: int = _f(
+        0,
+        "random directions per step of every ZO client (HERON-SFL/MeZO: q, averaged; HO-SFL: "
+        "P shared probes); 0 = the algorithm's paper default (1; HO-SFL: 5)",
+        check=f"[0, {MAX_PROBES}]",
+    )
     estimator: Literal["one-sided", "central"] = _f(
         "one-sided",
         "one-sided (L(θ+μu)-L(θ))/μ: q+1 forwards (paper Eq. 2); "
@@ -153,38 +163,6 @@ class ZOConfig:
     )
     distribution: Literal["gaussian", "sphere"] = _f(
         "gaussian", "u ~ N(0, I), or uniform on the sphere of radius sqrt(d) (E[uu^T] = I for both)"
-    )
-
-
-@dataclass(frozen=True)
-class FSLSAGEConfig:
-    """FSL-SAGE's server-side gradient alignment (Nair et al. 2025)."""
-
-    buffer_size: int = _f(
-        1000, "samples of (activations, labels) kept per client (FIFO)", check=">0"
-    )
-    align_every: int = _f(
-        10, "re-fit every client's aux head every this many rounds (l)", check=">0"
-    )
-    # FSL-SAGE uses 1; a thousand passes over the same buffer only overfit the aux head to it.
-    align_epochs: int = _f(1, "passes over the buffer per alignment", check="[1, 1000]")
-    align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit", check=">0")
-    align_batch_size: int = _f(
-        0,
-        "samples per gradient-matching step (the reference code: 1000, one step per pass over "
-        "its 1000-sample buffer); 0 = train.batch_size",
-        check=">=0",
-    )
-
-
-@dataclass(frozen=True)
-class HOSFLConfig:
-    """HO-SFL's probes (Chen et al. 2026)."""
-
-    num_probes: int = _f(
-        5,
-        "P: shared-seed perturbed forwards per step (paper: 5 for vision)",
-        check=f"[1, {MAX_PROBES}]",
     )
 
 
@@ -319,13 +297,21 @@ class RunConfig:
     client_optim: OptimConfig = field(default_factory=OptimConfig)
     server_optim: OptimConfig = field(default_factory=OptimConfig)
     zo: ZOConfig = field(default_factory=ZOConfig)
-    fsl_sage: FSLSAGEConfig = field(default_factory=FSLSAGEConfig)
-    ho_sfl: HOSFLConfig = field(default_factory=HOSFLConfig)
-
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    # The algorithms' own tables ([fsl_sage], ...): each algorithm declares its section next
+    # to its code (`SplitAlgorithm.config_section`); registry.py passes them to parse_config.
+    sections: dict[str, Any] = field(default_factory=dict, metadata={"help": "", "check": None})
+
+    def section(self, name: str) -> Any:
+        """The config of table `name` (an algorithm's own section)."""
+        return self.sections[name]
+
+
+# Keys that moved: the old key gets an error naming the new one.
+MOVED = {"ho_sfl.num_probes": "zo.num_probes (one probes knob for every zeroth-order client)"}
 
 
 # ----------------------------------------------------------------------------- building
@@ -383,13 +369,16 @@ def _suggest(key: str, known: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(sorted(known))}"
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) -> Any:
+def _build(
+    cls: type, data: dict[str, Any], prefix: str, problems: list[str], also: Sequence[str] = ()
+) -> Any:
+    """`cls` from a (sub)table; `also` are other keys known at this level (for suggestions)."""
     hints = _hints(cls)
-    names = [f.name for f in fields(cls)]
+    names = [f.name for f in fields(cls) if f.name != "sections"] + list(also)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if key not in hints:
+        if key not in hints or key == "sections":
             problems.append(f"unknown config key {path!r}{_suggest(key, names)}")
             continue
         typ = hints[key]
@@ -406,14 +395,35 @@ def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str]) ->
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build a RunConfig from a nested dict (a parsed TOML file), then validate it."""
+def parse_config(
+    data: dict[str, Any], section_types: Mapping[str, type] | None = None
+) -> tuple[RunConfig, list[str]]:
+    """A RunConfig from a nested dict (a parsed TOML file) and the problems of its shape
+    (unknown keys, wrong types); `validate` then checks its values.
+
+    `section_types` are the algorithms' own tables (name -> dataclass). Names (algorithm,
+    task, partition) are checked where their registries live; registry.py puts it together.
+    """
+    section_types = section_types or {}
     problems: list[str] = []
-    cfg = _build(RunConfig, data, "", problems)
-    problems += validate(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return typing.cast(RunConfig, cfg)
+    data = dict(data)
+    for old, new in MOVED.items():
+        table, key = old.split(".")
+        if isinstance(data.get(table), dict) and key in data[table]:
+            problems.append(f"{old} is now {new}: use {new.split()[0]}={data[table][key]}")
+            data[table] = {k: v for k, v in data[table].items() if k != key}
+            if not data[table]:
+                del data[table]
+    raw = {name: data.pop(name) for name in list(data) if name in section_types}
+    cfg = _build(RunConfig, data, "", problems, also=list(section_types))
+    sections = {}
+    for name, typ in section_types.items():
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"{name} must be a table ([{name}]), got {table!r}")
+            table = {}
+        sections[name] = _build(typ, table, f"{name}.", problems)
+    return typing.cast(RunConfig, replace(cfg, sections=sections)), problems
 
 
 def parse_override(text: str) -> tuple[list[str], str]:
@@ -438,6 +448,13 @@ def _merge_override(data: dict[str, Any], path: list[str], value: str) -> None:
         node = child
     # Strings from the command line are cast by _build to the field's type.
     node[path[-1]] = value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Merge dotted `key=value` overrides into a nested dict (in place; returned)."""
+    for text in overrides:
+        _merge_override(data, *parse_override(text))
+    return data
 
 
 def _known_key(key: str) -> bool:
@@ -481,8 +498,9 @@ def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
-    """Read a TOML file (or a preset name, see `presets()`), apply dotted overrides, validate."""
+def read_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a TOML file (or a preset name, see `presets()`) and apply dotted overrides: the raw
+    nested dict that registry.config_from_dict builds and checks."""
     from heronsfl.files import read_toml  # the one reader of user files
 
     data: dict[str, Any] = {}
@@ -492,9 +510,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
             data = read_toml(file, "config file")
         except UserError as e:
             raise ConfigError(str(e)) from None
-    for text in overrides:
-        _merge_override(data, *parse_override(text))
-    return config_from_dict(data)
+    return apply_overrides(data, overrides)
 
 
 def presets_dir() -> Path:
@@ -525,7 +541,10 @@ def _range_problems(obj: Any, prefix: str = "") -> list[str]:
     problems = []
     for f in fields(obj):
         value, path = getattr(obj, f.name), f"{prefix}{f.name}"
-        if is_dataclass(value):
+        if f.name == "sections" and isinstance(value, dict):
+            for name, section in value.items():
+                problems += _range_problems(section, f"{name}.")
+        elif is_dataclass(value):
             problems += _range_problems(value, f"{path}.")
         elif (problem := range_problem(path, value, f.metadata.get("check"))) is not None:
             problems.append(problem)
@@ -533,57 +552,13 @@ def _range_problems(obj: Any, prefix: str = "") -> list[str]:
 
 
 def validate(cfg: RunConfig) -> list[str]:
-    """Every problem with `cfg`, as one line each naming the key and the fix."""
-    # Imported here: the registries import models and algorithms, which import this module.
-    from heronsfl.algorithms import ALGORITHMS
-    from heronsfl.data.partition import PARTITIONERS
-    from heronsfl.tasks import TASKS
+    """Every problem with `cfg`'s values, as one line each naming the key and the fix.
 
+    Names (algorithm, task, partition) are checked where their registries live (registry.py).
+    """
     p: list[str] = []
     t = cfg.train
-
-    if cfg.algorithm not in ALGORITHMS:
-        p.append(f"unknown algorithm {cfg.algorithm!r}; known: {', '.join(sorted(ALGORITHMS))}")
-    if cfg.model.freeze_client and cfg.algorithm in ALGORITHMS:
-        algo = ALGORITHMS[cfg.algorithm]
-        if not (algo.uses_aux_head and algo.averages_aux):  # the control trains the aux locally
-            p.append(
-                f"model.freeze_client needs a client that trains its aux head, not "
-                f"{cfg.algorithm!r}; use heron-sfl or cse-fsl"
-            )
-
-    if cfg.zo.exchange == "seeds" and cfg.algorithm in ALGORITHMS:
-        if not hasattr(ALGORITHMS[cfg.algorithm], "replay"):
-            p.append(
-                f"zo.exchange = 'seeds' needs a zeroth-order client, not {cfg.algorithm!r}; "
-                "use heron-sfl or mezo, or zo.exchange=params"
-            )
-    if cfg.task not in TASKS:
-        p.append(f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}")
-    elif cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:
-        p.append(
-            f"model.cut = {cfg.model.cut!r} does not exist in task {cfg.task!r}; "
-            f"choose one of: {', '.join(TASKS[cfg.task].cuts)}"
-        )
-    if cfg.data.partition not in PARTITIONERS:
-        p.append(
-            f"unknown data.partition {cfg.data.partition!r}; "
-            f"known: {', '.join(sorted(PARTITIONERS))}"
-        )
-    if cfg.algorithm in ALGORITHMS and cfg.task in TASKS:
-        needs = ALGORITHMS[cfg.algorithm].requires - TASKS[cfg.task].provides
-        if needs:
-            fit = [
-                n
-                for n, task in TASKS.items()
-                if ALGORITHMS[cfg.algorithm].requires <= task.provides
-            ]
-            p.append(
-                f"algorithm {cfg.algorithm!r} needs a task with {' and '.join(sorted(needs))}, "
-                f"which task {cfg.task!r} lacks; use one of: {', '.join(fit) or 'none yet'}"
-            )
     p += _range_problems(cfg)
-    p += _privacy_problems(cfg)
     if t.clients_per_round > cfg.clients:
         p.append(
             f"train.clients_per_round = {t.clients_per_round} > clients = {cfg.clients}; "
@@ -594,37 +569,6 @@ def validate(cfg: RunConfig) -> list[str]:
             f"train.upload_every (k = {t.upload_every}) > train.local_steps (h = {t.local_steps}): "
             "a client would never upload; set k <= h"
         )
-    if not p:  # sizes are checked on a config that is otherwise sound (it builds the model)
-        from heronsfl.tasks import size_problems
-
-        p += size_problems(cfg)
-    return p
-
-
-def _privacy_problems(cfg: RunConfig) -> list[str]:
-    """The privacy defenses act on uploaded activations and on a client that trains."""
-    from heronsfl.algorithms import ALGORITHMS
-
-    pv, algo = cfg.privacy, ALGORITHMS.get(cfg.algorithm)
-    p: list[str] = []
-    if algo is None:
-        return p
-    noisy = pv.noise_std > 0 or pv.clip_norm > 0
-    if noisy and not algo.uploads_activations:
-        p.append(
-            f"privacy.noise_std / privacy.clip_norm protect uploaded activations, and "
-            f"{cfg.algorithm!r} uploads none; set them to 0 or use a split algorithm"
-        )
-    if pv.nopeek_weight > 0 and not (algo.supports_nopeek and algo.uploads_activations):
-        p.append(
-            f"privacy.nopeek_weight is not implemented for {cfg.algorithm!r}; set it to 0 or "
-            "use heron-sfl, cse-fsl, sflv1 or sflv2"
-        )
-    if pv.nopeek_weight > 0 and cfg.model.freeze_client:
-        p.append(
-            "privacy.nopeek_weight trains the client against leakage, but model.freeze_client "
-            "keeps it fixed; set one of them off"
-        )
     return p
 
 
@@ -632,7 +576,10 @@ def _privacy_problems(cfg: RunConfig) -> list[str]:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config as nested tables, the algorithms' sections at the top level like in TOML."""
+    data = dataclasses.asdict(cfg)
+    data.update(data.pop("sections", {}))
+    return data
 
 
 def _toml_value(v: Any) -> str:
@@ -657,7 +604,9 @@ def to_toml(cfg: RunConfig) -> str:
     tables: list[tuple[str, Any]] = []
     for f in fields(cfg):
         value = getattr(cfg, f.name)
-        if is_dataclass(value):
+        if f.name == "sections":
+            tables += list(value.items())
+        elif is_dataclass(value):
             tables.append((f.name, value))
         else:
             lines.append(f"{f.name} = {_toml_value(value)}  # {f.metadata.get('help', '')}")
@@ -669,22 +618,20 @@ def to_toml(cfg: RunConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply dotted overrides to an existing config (used by the demo and bench)."""
-    data = to_dict(cfg)
-    for text in overrides:
-        _merge_override(data, *parse_override(text))
-    return config_from_dict(data)
-
-
-def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, help) for every field: `heronsfl ls --keys`."""
+def describe_fields(
+    cls: type = RunConfig, prefix: str = "", sections: Mapping[str, type] | None = None
+) -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every field, and of every section in `sections`:
+    `heronsfl ls --keys`."""
     rows: list[tuple[str, str, str]] = []
     hints = _hints(cls)
     inst = cls()
     for f in fields(cls):
         value = getattr(inst, f.name)
-        if is_dataclass(hints[f.name]):
+        if f.name == "sections":
+            for name, typ in (sections or {}).items():
+                rows += describe_fields(typ, f"{name}.")
+        elif is_dataclass(hints[f.name]):
             rows += describe_fields(hints[f.name], f"{prefix}{f.name}.")
         else:
             rows.append((f"{prefix}{f.name}", _toml_value(value), f.metadata.get("help", "")))
@@ -700,10 +647,9 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "ZOConfig",
-    "config_from_dict",
-    "load_config",
+    "parse_config",
+    "read_config",
     "replace",
     "to_toml",
     "validate",
-    "with_overrides",
 ]

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from heronsfl.config import load_config
+from heronsfl.registry import load_config
 from heronsfl.runner import run_experiment
 
 log = logging.getLogger(__name__)

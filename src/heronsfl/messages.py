@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
+from heronsfl.metrics.comm import CommCounter
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -36,12 +38,34 @@ class Download:
     gradient: Tensor
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """What one client local step cost the client (measured by engines/step.py)."""
+
+    peak_mem_bytes: int  # live tensors: params, grads, optimizer state, batch, temporaries
+    flops: int  # FlopCounterMode count (a multiply-add is 2 FLOPs; MACs = flops / 2)
+    uplink_bytes: int
+    downlink_bytes: int
+
+
 @dataclass
 class ClientResult:
-    """What one client hands the Fed-Server at the end of a round."""
+    """Client -> Fed-Server, once per round: everything a client's round leaves behind.
+
+    Built at the end of a client's round (engines/client.py, from the algorithm's
+    `client_payload`); the simulator hands it to the Fed-Server as it is, the Flower engine
+    encodes it into one reply (engines/flower/codec.py) and decodes the same type.
+    """
 
     client_id: int
     num_samples: int
-    state: dict[str, Tensor]  # client (+ aux) parameters and buffers, at wire precision
+    state: dict[str, Tensor]  # travelling client (+ aux) state, wire precision (may be empty)
+    # Algorithm-defined tensors sent instead of (part of) the state, e.g. the seeds exchange's
+    # {"seeds": (h,) int64, "scalars": (h, q) float32}; sent as they are, never cast.
+    exchange: dict[str, Tensor]
+    losses: list[float]
+    comm: CommCounter  # the client's own count of what it received and sent, by kind
+    step_cost: StepCost | None = None
+    # A decoupled client's activation uploads, when the engine batches them into the reply
+    # (Flower); the simulator's server consumes them during the round and leaves this empty.
     uploads: list[Upload] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)

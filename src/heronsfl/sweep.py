@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heronsfl.config import RunConfig, load_config
+from heronsfl.config import RunConfig
 from heronsfl.errors import ConfigError, UserError
 from heronsfl.files import check_out_dir, read_toml
 from heronsfl.metrics.log import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE
+from heronsfl.registry import load_config
 
 log = logging.getLogger(__name__)
 

@@ -8,84 +8,35 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
-from torch import Tensor, nn
 
 from heronsfl.config import RunConfig
 from heronsfl.data.datasets import (
     CIFAR10_NORMALIZE,
     DIGITS_NORMALIZE,
     ArrayDataset,
-    Normalize,
-    augment_crop_flip,
     load_cifar10,
     load_digits,
 )
 from heronsfl.errors import ConfigError
+from heronsfl.lm.tasks import lm_tasks
 from heronsfl.models.cnn import DIGITS_CUTS, digits_cnn_stages
 from heronsfl.models.resnet import RESNET18_CUTS, resnet18_stages
 from heronsfl.models.split import SplitModel, build_aux_head, count_params, split_stages
 from heronsfl.rng import derive_seed, generator
+from heronsfl.task import Split, Task
 
-Split = Literal["train", "test"]
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a workload needs: stages to cut, where the paper cuts, and how to get its data."""
-
-    name: str
-    description: str
-    stages: Callable[[int, int, str], OrderedDict[str, nn.Module]]  # (classes, width, stem)
-    cuts: tuple[str, ...]
-    paper_cut: str
-    default_width: int
-    input_shape: tuple[int, ...]  # one sample, (C, H, W)
-    num_classes: int
-    load: Callable[[RunConfig, Split], ArrayDataset]
-    normalize: Normalize | None  # uint8 images -> normalized floats; None: inputs pass as they are
-    augment: bool  # random crop + flip (natural images), off for digits
-    # Tasks whose network is not a list of stages (e.g. a Hugging Face LM) build it themselves.
-    build: Callable[[RunConfig, bool], SplitModel] | None = None
-    reports_perplexity: bool = False  # language models: test/perplexity = exp(test/loss)
-    paper_batch_size: int = 256  # the batch of the paper's cost table (`heronsfl bench`)
-    # Scores computed once after the last round (E2E generation metrics), into summary.json.
-    final_metrics: Callable[[Any], dict[str, float]] | None = None
-
-    # Tasks whose inputs are not uint8 images (token ids) draw their own random batches.
-    random_inputs: Callable[[int, torch.Generator], tuple[Tensor, Tensor]] | None = None
-    # Capabilities algorithms may require (SplitAlgorithm.requires): "whole-model" (the network
-    # can be handed whole to a client: FedAvg, MeZO), "lora" (LoRA adapters are what trains),
-    # "language-model".
-    provides: frozenset[str] = frozenset({"whole-model"})
-
-    def random_samples(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Random uint8 images of the task's shape with random labels (before preprocessing)."""
-        x = torch.randint(0, 256, (n, *self.input_shape), generator=gen, dtype=torch.uint8)
-        y = torch.randint(0, self.num_classes, (n,), generator=gen)
-        return x, y
-
-    def random_batch(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Random model inputs and targets of the task's shapes: costs do not depend on values."""
-        if self.random_inputs is not None:
-            return self.random_inputs(n, gen)
-        x, y = self.random_samples(n, gen)
-        return self.preprocess(x, False, False, None), y
-
-    def preprocess(
-        self, x: Tensor, train: bool, augment: bool, gen: torch.Generator | None
-    ) -> Tensor:
-        """uint8 batch -> normalized float batch, augmented when training."""
-        if train and augment and self.augment:
-            assert gen is not None, "augmentation needs the client's generator"
-            x = augment_crop_flip(x, gen)
-        return x if self.normalize is None else self.normalize(x)
+__all__ = [
+    "TASKS",
+    "Split",
+    "Task",
+    "build_split_model",
+    "check_config",
+    "get_task",
+    "load_datasets",
+]
 
 
 def _cache_dir(cfg: RunConfig) -> Path:
@@ -141,6 +92,18 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def check_config(cfg: RunConfig) -> list[str]:
+    """The config's task and cut, checked against this registry."""
+    if cfg.task not in TASKS:
+        return [f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}"]
+    if cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:
+        return [
+            f"model.cut = {cfg.model.cut!r} does not exist in task {cfg.task!r}; "
+            f"choose one of: {', '.join(TASKS[cfg.task].cuts)}"
+        ]
+    return []
+
+
 def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False) -> SplitModel:
     """The task's network cut at cfg.model.cut, initialised from the run seed.
 
@@ -152,6 +115,7 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False
         if whole:
             raise ConfigError(f"task {task.name!r} has no whole-model variant (fedavg, mezo) yet")
         return _frozen(cfg, task.build(cfg, with_aux))
+    assert task.stages is not None, f"task {task.name!r} has neither stages nor build"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         stages = task.stages(
@@ -249,6 +213,4 @@ def _synthetic(task: Task, n: int, seed: int, split: str) -> ArrayDataset:
     return ArrayDataset(x=x, y=y, classes=tuple(str(i) for i in range(task.num_classes)))
 
 
-from heronsfl.lm.tasks import lm_tasks  # noqa: E402  (language-model tasks, issue 4)
-
-TASKS.update(lm_tasks())
+TASKS.update(lm_tasks())  # the language-model tasks (lm/tasks.py)

@@ -12,9 +12,11 @@ import torch
 
 from heronsfl.algorithms import ALGORITHMS
 from heronsfl.cli import allocation_failure, announce_cost, main
-from heronsfl.config import RunConfig, load_config, validate, with_overrides
+from heronsfl.config import RunConfig
 from heronsfl.engines.simulation import Simulation
 from heronsfl.progress import LogProgress, RoundProgress
+from heronsfl.registry import load_config, with_overrides
+from heronsfl.registry import problems as validate
 from heronsfl.runner import run_experiment
 from heronsfl.tasks import TASKS
 from tests.cli.test_bad_input import RUN, assert_clean_error, cli, snapshot

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from heronsfl.cli import main
-from heronsfl.config import load_config
+from heronsfl.registry import load_config
 from tests.conftest import TINY
 
 

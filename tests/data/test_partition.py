@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heronsfl.config import DataConfig, RunConfig, validate
+from heronsfl.config import DataConfig, RunConfig
 from heronsfl.data.partition import MAX_DIRICHLET_DRAWS, PARTITIONERS, partition
 from heronsfl.errors import DataError
+from heronsfl.registry import problems
 
 NAMES = sorted(PARTITIONERS)
 
@@ -161,6 +162,6 @@ def test_dirichlet_resamples_before_failing(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_config_accepts_every_partition_and_rejects_others() -> None:
     for name in NAMES:
-        assert validate(RunConfig(data=DataConfig(partition=name))) == []
-    problems = validate(RunConfig(data=DataConfig(partition="dirichlet_equal")))
-    assert any("unknown data.partition 'dirichlet_equal'" in p for p in problems)
+        assert problems(RunConfig(data=DataConfig(partition=name))) == []
+    found = problems(RunConfig(data=DataConfig(partition="dirichlet_equal")))
+    assert any("unknown data.partition 'dirichlet_equal'" in p for p in found)

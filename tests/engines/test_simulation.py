@@ -66,7 +66,7 @@ def test_byte_counters_equal_the_closed_forms(algorithm: str) -> None:
     scalar_bytes = 0
     if algo.shared_client_model:  # HO-SFL: P fp32 scalars up and P down per client per step
         model_bytes = 0
-        scalar_bytes = 2 * rounds * clients * h * sim.cfg.ho_sfl.num_probes * 4
+        scalar_bytes = 2 * rounds * clients * h * sim.algo.num_probes * 4
     last = records[-1]
     assert last.get("comm/up_zo_scalars_bytes", 0) == scalar_bytes // 2
     # Assert

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 import torch
 
-from heronsfl.config import RunConfig, with_overrides
+from heronsfl.config import RunConfig
 from heronsfl.lm.e2e import ByteTokenizer, TokenDataset, encode_pairs
 from heronsfl.lm.tasks import LMPreset, lm_task
+from heronsfl.registry import with_overrides
 from heronsfl.tasks import TASKS
 
 # The shared offline data, seen from the repository root as ../shared/data.
@@ -98,3 +99,7 @@ def lm_config(task: str, *overrides: str) -> RunConfig:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# The Flower fixture, for deploying a tiny LM run over the in-process grid (test_flower.py).
+from tests.engines.flower.conftest import serve  # noqa: E402, F401

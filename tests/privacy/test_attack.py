@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from heronsfl.cli import main
-from heronsfl.config import load_config, to_toml
+from heronsfl.config import to_toml
+from heronsfl.registry import load_config
 from tests.conftest import TINY
 
 pytest.importorskip("skimage", reason="heronsfl attack needs the privacy extra")

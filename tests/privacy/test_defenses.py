@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from heronsfl.config import describe_fields, load_config
+from heronsfl.config import describe_fields
 from heronsfl.engines.simulation import Simulation
 from heronsfl.errors import ConfigError
 from heronsfl.privacy.defenses import clip_and_noise, distance_correlation
+from heronsfl.registry import load_config
 from tests.conftest import TINY, tiny_config
 
 

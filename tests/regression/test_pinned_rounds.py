@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from heronsfl.config import load_config
+from heronsfl.registry import load_config
 from heronsfl.runner import run_experiment
 
 BASE = [
@@ -34,7 +34,7 @@ CASES: dict[str, list[str]] = {
     "heron-sfl-seeds": ["algorithm=heron-sfl", "zo.exchange=seeds", "train.upload_every=3"],
     "sflv1": ["algorithm=sflv1"],
     "sflv2": ["algorithm=sflv2"],
-    "ho-sfl": ["algorithm=ho-sfl", "ho_sfl.num_probes=2"],
+    "ho-sfl": ["algorithm=ho-sfl", "zo.num_probes=2"],
     "fsl-sage": ["algorithm=fsl-sage", "fsl_sage.align_every=1", "fsl_sage.buffer_size=32"],
     "fedavg": ["algorithm=fedavg"],
     "mezo": ["algorithm=mezo", "zo.num_probes=2", "zo.exchange=seeds"],

@@ -24,6 +24,7 @@ Deviations from the paper:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -38,9 +39,31 @@ from heronsfl.algorithms.base import (
     make_optimizer,
     task_loss,
 )
+from heronsfl.config import config_field as _f
 from heronsfl.messages import Batch, Download, Upload
 from heronsfl.state import load_prefixed, prefixed_state
 from heronsfl.zo.perturb import frozen_batchnorm_stats
+
+
+@dataclass(frozen=True)
+class FSLSAGEConfig:
+    """FSL-SAGE's server-side gradient alignment (Nair et al. 2025)."""
+
+    buffer_size: int = _f(
+        1000, "samples of (activations, labels) kept per client (FIFO)", check=">0"
+    )
+    align_every: int = _f(
+        10, "re-fit every client's aux head every this many rounds (l)", check=">0"
+    )
+    # FSL-SAGE uses 1; a thousand passes over the same buffer only overfit the aux head to it.
+    align_epochs: int = _f(1, "passes over the buffer per alignment", check="[1, 1000]")
+    align_lr: float = _f(1e-3, "Adam learning rate of the gradient-matching fit", check=">0")
+    align_batch_size: int = _f(
+        0,
+        "samples per gradient-matching step (the reference code: 1000, one step per pass over "
+        "its 1000-sample buffer); 0 = train.batch_size",
+        check=">=0",
+    )
 
 
 class FSLSAGE(SplitAlgorithm):
@@ -49,6 +72,8 @@ class FSLSAGE(SplitAlgorithm):
     sends_gradients: ClassVar[bool] = False
     uses_aux_head: ClassVar[bool] = True
     averages_aux: ClassVar[bool] = False
+    config_section: ClassVar[str | None] = "fsl_sage"
+    Config: ClassVar[type[FSLSAGEConfig]] = FSLSAGEConfig
 
     def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
         # Only the client sub-model learns on the client; the aux changes by alignment only.
@@ -78,7 +103,7 @@ class FSLSAGE(SplitAlgorithm):
         if up.client_id in buffers:
             acts = torch.cat([buffers[up.client_id]["acts"], acts])
             labels = torch.cat([buffers[up.client_id]["labels"], labels])
-        n = self.cfg.fsl_sage.buffer_size
+        n = self.own_config.buffer_size
         buffers[up.client_id] = {"acts": acts[-n:], "labels": labels[-n:]}
         return None
 
@@ -89,7 +114,7 @@ class FSLSAGE(SplitAlgorithm):
         self, s: ServerState, round_idx: int, personal: dict[str, nn.Module]
     ) -> dict[int, dict[str, Tensor]]:
         """Every align_every rounds: re-fit each client's aux to the server's true gradients."""
-        if round_idx % self.cfg.fsl_sage.align_every != 0:
+        if round_idx % self.own_config.align_every != 0:
             return {}
         aux_store = s.extra.setdefault("aux", {})
         initial = prefixed_state(personal)
@@ -103,7 +128,7 @@ class FSLSAGE(SplitAlgorithm):
         return downloads
 
     def _align(self, server: nn.Module, aux: nn.Module, acts: Tensor, labels: Tensor) -> None:
-        cfg = self.cfg.fsl_sage
+        cfg: FSLSAGEConfig = self.own_config
         device = next(server.parameters()).device
         acts, labels = acts.to(device=device, dtype=torch.float32), labels.to(device)
         bs = cfg.align_batch_size or self.cfg.train.batch_size

@@ -8,7 +8,7 @@ client uploads the activations of its unperturbed forward; the main server train
 the network with first-order steps (base class) and never answers. The Fed-Server averages the
 client and aux parameters (Eq. 8).
 
-Symbols: μ = zo.mu, q = zo.num_probes, h = train.local_steps, k = train.upload_every.
+Symbols: μ = zo.mu, q = zo.num_probes (default 1), h = train.local_steps, k = train.upload_every.
 
 Estimators (zo.estimator):
 - one-sided (Eq. 2): g_i = (l(θ + μu_i) - l(θ)) / μ, with q + 1 forwards per step.
@@ -46,11 +46,21 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+from torch import Tensor, nn
 
-from heronsfl.algorithms.base import ClientState, SplitAlgorithm, check_finite, head_loss, task_loss
-from heronsfl.messages import Batch, Upload
+from heronsfl.algorithms.base import (
+    ClientState,
+    FedRound,
+    SplitAlgorithm,
+    check_finite,
+    head_loss,
+    task_loss,
+    wire_nbytes,
+)
+from heronsfl.messages import Batch, ClientResult, Upload
 from heronsfl.privacy.defenses import nopeek_penalty
 from heronsfl.rng import derive_seed
+from heronsfl.state import load_prefixed, travelling_state
 from heronsfl.zo.perturb import accumulate_grad_, dropout_off, frozen_batchnorm_stats, perturb_
 
 _FIX = "lower client_optim.lr or zo.mu"
@@ -62,6 +72,8 @@ class HeronSFL(SplitAlgorithm):
     sends_gradients: ClassVar[bool] = False
     uses_aux_head: ClassVar[bool] = True
     zeroth_order_client: ClassVar[bool] = True
+    exchanges: ClassVar[tuple[str, ...]] = ("params", "seeds")
+    exchange_kind: ClassVar[str] = "zo_seeds_scalars"
     supports_nopeek: ClassVar[bool] = True  # the penalty is one more term of the forward loss
 
     def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
@@ -74,7 +86,7 @@ class HeronSFL(SplitAlgorithm):
 
     def probe_seeds(self, step_seed: int) -> list[int]:
         """The q direction seeds of a step: anyone holding the step seed regenerates every u_i."""
-        return [derive_seed(step_seed, i) for i in range(self.cfg.zo.num_probes)]
+        return [derive_seed(step_seed, i) for i in range(self.num_probes)]
 
     def _local_loss(
         self, c: ClientState, x: torch.Tensor, acts: torch.Tensor, y: torch.Tensor
@@ -152,6 +164,43 @@ class HeronSFL(SplitAlgorithm):
         else:
             perturb_(params, seed, -zo.mu, zo.distribution)
         return out
+
+    # ---------------------------------------------------------------- the seeds exchange
+    def client_payload(
+        self, c: ClientState, modules: dict[str, nn.Module]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """zo.exchange = "seeds": parameters stay home, the Fed-Server replays them from the
+        (step seed, scalars) pairs; buffers (BatchNorm statistics) depend on data and travel."""
+        state, exchange = super().client_payload(c, modules)
+        if self.cfg.zo.exchange != "seeds":
+            return state, exchange
+        params = {f"{p}.{n}" for p, m in modules.items() for n, _ in m.named_parameters()}
+        state = {k: v for k, v in state.items() if k not in params}
+        seeds = torch.tensor([s for s, _ in c.zo_record], dtype=torch.int64)  # (h,)
+        scalars = torch.tensor([g for _, g in c.zo_record], dtype=torch.float32)  # (h, q)
+        return state, {"seeds": seeds, "scalars": scalars}
+
+    def result_state(self, fed: FedRound, result: ClientResult) -> dict[str, Tensor]:
+        """As uploaded, or (seeds exchange) rebuilt by replaying the client's steps from this
+        round's broadcast state in the template modules."""
+        if not result.exchange:
+            return result.state
+        mods = fed.modules
+        load_prefixed(mods, fed.broadcast)
+        c = ClientState(result.client_id, fed.round, mods["client"], mods.get("aux"), None)
+        c.optimizer = self.new_client_optimizer(c)
+        ex = result.exchange
+        self.replay(c, ex["seeds"].tolist(), ex["scalars"].tolist())
+        return {**travelling_state(mods), **result.state}
+
+    def model_bytes_per_round(self, averaged: dict[str, nn.Module]) -> tuple[int, int]:
+        down, up = super().model_bytes_per_round(averaged)
+        if self.cfg.zo.exchange == "seeds":
+            # Per local step one 8-byte step seed and q fp32 scalars; buffers still travel.
+            buffers = [t for m in averaged.values() for t in m.buffers()]
+            steps = self.cfg.train.local_steps
+            up = wire_nbytes(buffers, self.wire_dtype) + steps * (8 + 4 * self.num_probes)
+        return down, up
 
     @torch.no_grad()
     def replay(self, c: ClientState, step_seeds: list[int], scalars: list[list[float]]) -> None:

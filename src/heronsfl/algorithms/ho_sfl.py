@@ -9,8 +9,8 @@ Paper: Chen, Wu, Wang, Chen, "HO-SFL" (arXiv 2603.14773). Each local step:
 5. Every client applies θ ← θ − η/(Pμ) Σ_p v̄_p u_p, regenerating u_p from the seeds.
 Since every client starts from the same θ and applies the same update, the client models stay
 identical: the client-model exchange is seeds + scalars only ("dimension-free"), and there is
-no Fed-Server averaging of parameters. Symbols: P = ho_sfl.num_probes (paper: 5 for vision),
-μ = zo.mu (paper: 1e-3), η = client_optim.lr.
+no Fed-Server averaging of parameters. Symbols: P = zo.num_probes (default 5, the paper's for
+vision), μ = zo.mu (paper: 1e-3), η = client_optim.lr.
 
 Deviations from the paper:
 - BatchNorm running statistics are local to each client in a deployment; the simulator keeps
@@ -23,9 +23,11 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
+from torch import Tensor, nn
 
-from heronsfl.algorithms.base import ClientState, SplitAlgorithm
-from heronsfl.messages import Batch, Download, Upload
+from heronsfl.algorithms.base import ClientState, FedRound, SplitAlgorithm, shared_state
+from heronsfl.messages import Batch, ClientResult, Download, Upload
+from heronsfl.metrics.comm import CommCounter
 from heronsfl.rng import derive_seed
 from heronsfl.zo.perturb import dropout_off, frozen_batchnorm_stats, perturb_
 
@@ -37,6 +39,7 @@ class HOSFL(SplitAlgorithm):
     uses_aux_head: ClassVar[bool] = False
     zeroth_order_client: ClassVar[bool] = True
     shared_client_model: ClassVar[bool] = True
+    default_probes: ClassVar[int] = 5  # P, the paper's value for vision
 
     def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
         return None  # the update is in place, from the broadcast scalars
@@ -44,8 +47,7 @@ class HOSFL(SplitAlgorithm):
     def probe_seeds(self, round_idx: int, step: int) -> list[int]:
         """Shared by every client: the same u_p everywhere, so averaged scalars make sense."""
         return [
-            derive_seed(self.cfg.seed, "ho-sfl", round_idx, step, p)
-            for p in range(self.cfg.ho_sfl.num_probes)
+            derive_seed(self.cfg.seed, "ho-sfl", round_idx, step, p) for p in range(self.num_probes)
         ]
 
     @torch.no_grad()
@@ -74,10 +76,11 @@ class HOSFL(SplitAlgorithm):
         c.zo_record.append((c.step, scalars))
 
     @torch.no_grad()
-    def synchronize(self, clients: Sequence[ClientState]) -> torch.Tensor:
+    def synchronize(self, clients: Sequence[ClientState], comms: Sequence[CommCounter]) -> None:
         """Server averages the clients' scalars; every client applies the same update.
 
-        The clients share one model here, so the update is applied once. Returns v̄ (P,).
+        The clients share one model here, so the update is applied once. Each client sends its
+        P scalars and receives the P averages v̄ (fp32), counted in its `comms`.
         """
         c0 = clients[0]
         mean = torch.tensor([c.zo_record[-1][1] for c in clients], dtype=torch.float32).mean(0)
@@ -85,4 +88,15 @@ class HOSFL(SplitAlgorithm):
         p_count = len(mean)
         for seed, v in zip(self.probe_seeds(c0.round, c0.step), mean.tolist(), strict=True):
             perturb_(params, seed, -lr * v / (p_count * mu), self.cfg.zo.distribution)
-        return mean
+        for c, comm in zip(clients, comms, strict=True):
+            comm.add("up", "zo_scalars", [torch.tensor(c.zo_record[-1][1])])
+            comm.add("down", "zo_scalars", [mean])
+
+    def aggregate(self, fed: FedRound, results: Sequence[ClientResult]) -> dict[str, Tensor]:
+        """No parameters travel: the new global state is the shared model the clients trained."""
+        return shared_state(fed.modules)
+
+    def model_bytes_per_round(self, averaged: dict[str, nn.Module]) -> tuple[int, int]:
+        # No parameters travel: P fp32 scalars up and P down per local step.
+        per_round = self.cfg.train.local_steps * 4 * self.num_probes
+        return per_round, per_round

@@ -20,6 +20,7 @@ import torch
 from heronsfl.algorithms.base import ClientState, SplitAlgorithm
 from heronsfl.messages import Batch, Download, Upload
 from heronsfl.privacy.defenses import nopeek_penalty
+from heronsfl.rng import numpy_rng
 
 
 class SFLV2(SplitAlgorithm):
@@ -51,3 +52,8 @@ class SFLV2(SplitAlgorithm):
         c.pending_input = None
         c.optimizer.step()
         c.pending = None
+
+    def turn_order(self, clients: list[int], round_idx: int) -> list[int]:
+        """Clients take turns on the one server model in a seeded random order."""
+        perm = numpy_rng(self.cfg.seed, "order", round_idx).permutation(len(clients))
+        return [clients[i] for i in perm]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from heronsfl.config import DataConfig
+from heronsfl.config import DataConfig, RunConfig
 from heronsfl.errors import DataError
 
 Partitioner = Callable[[np.ndarray, int, np.random.Generator, DataConfig], list[np.ndarray]]
@@ -209,6 +209,15 @@ PARTITIONERS: dict[str, Partitioner] = {
     "dirichlet-equal": dirichlet_equal,
     "shards": shards,
 }
+
+
+def check_config(cfg: RunConfig) -> list[str]:
+    """The config's partition name, checked against this registry."""
+    if cfg.data.partition in PARTITIONERS:
+        return []
+    return [
+        f"unknown data.partition {cfg.data.partition!r}; known: {', '.join(sorted(PARTITIONERS))}"
+    ]
 
 
 def partition(

@@ -17,12 +17,12 @@ from heronsfl.aggregation import to_wire
 from heronsfl.algorithms.base import ClientState, ServerState, SplitAlgorithm
 from heronsfl.data.datasets import ArrayDataset
 from heronsfl.data.sampler import round_batches
-from heronsfl.engines.step import StepCost, local_step, measure_local_step
-from heronsfl.messages import Batch, Upload
+from heronsfl.engines.step import local_step, measure_local_step
+from heronsfl.messages import Batch, ClientResult, StepCost, Upload
 from heronsfl.metrics.comm import CommCounter
 from heronsfl.progress import RoundProgress
 from heronsfl.rng import generator
-from heronsfl.state import load_prefixed, travelling_state
+from heronsfl.state import load_prefixed
 from heronsfl.tasks import Task
 
 
@@ -38,9 +38,10 @@ class ClientRun:
     """One client's round, one local step per iteration; yields the step's upload (or None).
 
     The client trains its own modules, loaded from the wire copy of the global state. When the
-    iteration ends, `state` holds what it sends back (wire precision), `losses` its local
-    losses, `comm` the bytes it sent and received, and `step_cost` the measured step, if any.
-    A synchronous algorithm needs the main server in the same process (`server`).
+    iteration ends, `result` holds the typed `ClientResult` it hands the Fed-Server: what it
+    sends back (built by the algorithm's `client_payload`), its local losses, the bytes it
+    sent and received and the measured step, if any. A synchronous algorithm needs the main
+    server in the same process (`server`).
     """
 
     def __init__(
@@ -73,15 +74,11 @@ class ClientRun:
         self.measure = measure
         self.progress = progress or RoundProgress()  # counts steps; shows them if a display
         self.num_samples = len(indices)
-        self.state: dict[str, Tensor] | None = None
-        self.losses: list[float] = []
         self.comm = CommCounter()
         self.comm.add("down", "model", wire_state.values())
         self.step_cost: StepCost | None = None
-        self.client: ClientState | None = None  # while iterating
-        self.zo_seeds: Tensor | None = None  # zo.exchange = "seeds": (h,) step seeds
-
-        self.zo_scalars: Tensor | None = None  # and (h, q) projected gradients
+        self.client: ClientState | None = None  # while iterating (a shared-model step reads it)
+        self.result: ClientResult | None = None  # when the iteration has ended
 
     def _batch(self, idx: Tensor, gen: torch.Generator) -> Batch:
         x = self.task.preprocess(self.data.x[idx], True, self.algo.cfg.data.augment, gen)
@@ -120,21 +117,15 @@ class ClientRun:
             self.progress.client_step()
             yield up
         self.progress.client_done()
-        state = travelling_state({k: m for k, m in self.modules.items() if k in self.sends})
-
-        if algo.zeroth_order_client and cfg.zo.exchange == "seeds":
-            # Parameters stay home: the Fed-Server replays them from (step seed, scalars).
-            # Buffers (BatchNorm running statistics) depend on data and travel as tensors.
-            params = {f"{p}.{n}" for p, m in self.modules.items() for n, _ in m.named_parameters()}
-            # (Only averaged modules are sent at all; seeds mode then drops their parameters.)
-
-            state = {k: v for k, v in state.items() if k not in params}
-            self.zo_seeds = torch.tensor([s for s, _ in c.zo_record], dtype=torch.int64)  # (h,)
-            self.zo_scalars = torch.tensor([g for _, g in c.zo_record], dtype=torch.float32)
-            self.comm.add("up", "zo_seeds_scalars", [self.zo_seeds, self.zo_scalars])  # (h, q)
-        self.state = to_wire(state, algo.wire_dtype)
-        self.comm.add("up", "model", self.state.values())
-        self.losses = c.losses
+        sent = {k: m for k, m in self.modules.items() if k in self.sends}
+        state, exchange = algo.client_payload(c, sent)
+        if exchange:
+            self.comm.add("up", algo.exchange_kind, exchange.values())
+        wire = to_wire(state, algo.wire_dtype)
+        self.comm.add("up", "model", wire.values())
+        self.result = ClientResult(
+            self.client_id, self.num_samples, wire, exchange, c.losses, self.comm, self.step_cost
+        )
 
         self.modules = {}  # free the client's modules and optimizer before the next client
         self.client = None
@@ -142,3 +133,8 @@ class ClientRun:
     def drain(self) -> list[Upload]:
         """Run to the end and return the uploads (a decoupled client's whole round)."""
         return [up for up in self if up is not None]
+
+    def finished(self) -> ClientResult:
+        """The result of the ended round."""
+        assert self.result is not None, "a client run holds its result once it has ended"
+        return self.result

@@ -7,22 +7,10 @@ that "arrives" from the server is counted as client memory from the moment it is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from heronsfl.algorithms.base import ClientState, ServerState, SplitAlgorithm
-from heronsfl.messages import Batch, Download, Upload
+from heronsfl.messages import Batch, Download, StepCost, Upload
 from heronsfl.metrics.flops import FlopCounterMode  # with the CPU attention formulas
 from heronsfl.metrics.memory import PeakMemoryTracker
-
-
-@dataclass(frozen=True)
-class StepCost:
-    """What one client local step cost the client."""
-
-    peak_mem_bytes: int  # live tensors: params, grads, optimizer state, batch, temporaries
-    flops: int  # FlopCounterMode count (a multiply-add is 2 FLOPs; MACs = flops / 2)
-    uplink_bytes: int
-    downlink_bytes: int
 
 
 def local_step(

@@ -40,9 +40,10 @@ from heronsfl.lm.e2e import (
     pad_id_of,
 )
 from heronsfl.rng import derive_seed
+from heronsfl.task import Task
 
 if TYPE_CHECKING:
-    from heronsfl.tasks import Task
+    from heronsfl.models.split import SplitModel
 
 logger = logging.getLogger(__name__)
 
@@ -221,44 +222,36 @@ def random_inputs(preset: LMPreset, n: int, gen: torch.Generator) -> tuple[Tenso
     return x, y
 
 
-def final_metrics(preset: LMPreset, sim: Any) -> dict[str, float]:
-    """After the last round: load the Fed-Server's client adapters, generate for the E2E test
-    MRs (all 630, or the first data.test_mrs) and score them (lm/metrics.py)."""
+def final_metrics(
+    preset: LMPreset, cfg: RunConfig, model: SplitModel, global_state: dict[str, Tensor]
+) -> dict[str, float]:
+    """After the last round: load the Fed-Server's client adapters into `model`, generate for
+    the E2E test MRs (all 630, or the first data.test_mrs) and score them (lm/metrics.py)."""
     from heronsfl.lm.generation import generate
     from heronsfl.lm.metrics import score_e2e
 
-    cfg: RunConfig = sim.cfg
-    client = sim.model.client
     # The global state is keyed "client.<name>"; the client's template takes its adapters.
-    client.load_state_dict(
-        {k[len("client.") :]: v for k, v in sim.global_state.items() if k.startswith("client.")}
+    model.client.load_state_dict(
+        {k[len("client.") :]: v for k, v in global_state.items() if k.startswith("client.")}
     )
     groups = group_references(load_e2e(cfg.data.root, "test", download=cfg.data.download))
     limit = int(cfg.data.test_mrs)
     groups = groups[:limit] if limit else groups
     tok = tokenizer_for(preset, cfg)
-    hyps = generate(sim.model.full, tok, [mr for mr, _ in groups], pad_id=pad_id_of(tok))
+    hyps = generate(model.full, tok, [mr for mr, _ in groups], pad_id=pad_id_of(tok))
     scores = score_e2e(hyps, [refs for _, refs in groups])
     out = {f"test/{k}": v for k, v in scores.items()}
     out["test/generated_mrs"] = float(len(groups))
     return out
 
 
-def _no_stages(num_classes: int, width: int) -> Any:
-    raise NotImplementedError("LM tasks build their own split model (Task.build)")
-
-
 def lm_task(preset: LMPreset) -> Task:
     """The Task entry of a preset (its hooks bound to it)."""
-    # Imported here, not at module level: heronsfl.tasks imports this module to register the
-    # LM tasks, so a module-level import would be circular whichever module comes first.
-    from heronsfl.tasks import Task
-
     prefix = "h" if preset.family == "gpt2" else "layers"
     return Task(
         name=preset.name,
         description=preset.description,
-        stages=_no_stages,
+        stages=None,  # a Hugging Face model is not a list of stages: `build` cuts it
         cuts=tuple(f"{prefix}.{i}" for i in range(preset.num_layers - 1)),
         paper_cut=f"{prefix}.{preset.client_blocks - 1}",
         default_width=0,

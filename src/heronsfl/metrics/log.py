@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from heronsfl import files
-from heronsfl.config import RunConfig, load_config, to_toml
+from heronsfl.config import RunConfig, to_toml
 from heronsfl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ class RunWriter:
         ckpt = self.dir / CHECKPOINT_FILE
         if not ckpt.exists():
             return
+        from heronsfl.registry import load_config  # here: `heronsfl report` needs no torch
+
         fix = "pass --overwrite to start over, or choose another --out"
         if not (self.dir / CONFIG_FILE).is_file():
             raise UserError(

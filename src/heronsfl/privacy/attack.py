@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from heronsfl.algorithms import get_algorithm
 from heronsfl.algorithms.base import WIRE_DTYPES, SplitAlgorithm, head_loss
-from heronsfl.config import RunConfig, load_config
+from heronsfl.config import RunConfig
 from heronsfl.errors import ConfigError, UserError
 from heronsfl.metrics.log import (
     CHECKPOINT_FILE,
@@ -46,6 +46,7 @@ from heronsfl.models.split import SplitModel
 from heronsfl.privacy.defenses import clip_and_noise
 from heronsfl.privacy.inversion import build_decoder, decode, train_decoder, unsplit
 from heronsfl.privacy.labels import gradient_label_inference, label_exposure
+from heronsfl.registry import load_config
 from heronsfl.rng import derive_seed, generator, numpy_rng
 
 log = logging.getLogger(__name__)

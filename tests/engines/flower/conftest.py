@@ -17,7 +17,7 @@ from heronsfl.engines.flower.codec import settings_from_run_config
 from heronsfl.engines.flower.deploy import write_app
 from heronsfl.engines.flower.protocol import DeployOptions
 from heronsfl.engines.flower.server_app import FlowerServer
-from heronsfl.engines.simulation import Simulation
+from heronsfl.federation import Federation
 from tests.engines.flower.local_grid import LocalGrid
 
 # Keys that only a networked run has, or whose value is a duration.
@@ -65,7 +65,7 @@ def serve(tmp_path: Path) -> Callable[..., tuple[FlowerServer, LocalGrid]]:
     return _serve
 
 
-def assert_same_models(a: Simulation, b: Simulation) -> None:
+def assert_same_models(a: Federation, b: Federation) -> None:
     """Bit-identical global client (+ aux) state and main-server model."""
     assert a.global_state.keys() == b.global_state.keys()
     for key, value in a.global_state.items():

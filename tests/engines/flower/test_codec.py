@@ -14,10 +14,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.deploy import write_app
-from heronsfl.engines.flower.protocol import DeployOptions, NodeSettings, RoundReply, RoundRequest
-from heronsfl.engines.step import StepCost
+from heronsfl.engines.flower.protocol import DeployOptions, NodeSettings, RoundRequest
 from heronsfl.errors import ConfigError
-from heronsfl.messages import Upload
+from heronsfl.messages import ClientResult, StepCost, Upload
 from heronsfl.metrics.comm import CommCounter
 from tests.conftest import tiny_config
 from tests.engines.flower.local_grid import transmit
@@ -56,16 +55,15 @@ def test_request_and_reply_survive_serialisation() -> None:
     state = {"client.0.weight": torch.randn(4, 1, 3, 3).half(), "client.1.n": torch.tensor(3)}
     comm = CommCounter()
     comm.add("up", "activations", [torch.zeros(8, 4)])
-    reply = RoundReply(
+    reply = ClientResult(
         client_id=1,
         num_samples=40,
         state=state,
-        uploads=[Upload(1, torch.randn(8, 4).half(), torch.arange(8)) for _ in range(2)],
+        exchange={"seeds": torch.tensor([5, 9], dtype=torch.int64), "scalars": torch.randn(2, 1)},
         losses=[2.3, 2.1],
         comm=comm,
         step_cost=StepCost(100, 2000, 64, 0),
-        zo_seeds=torch.tensor([5, 9], dtype=torch.int64),
-        zo_scalars=torch.randn(2, 1),
+        uploads=[Upload(1, torch.randn(8, 4).half(), torch.arange(8)) for _ in range(2)],
     )
     # Execute
     req = codec.decode_request(
@@ -79,7 +77,8 @@ def test_request_and_reply_survive_serialisation() -> None:
     assert back.step_cost == reply.step_cost and back.comm.bytes == comm.bytes
     assert len(back.uploads) == 2 and back.uploads[1].client_id == 1
     assert torch.equal(back.uploads[0].activations, reply.uploads[0].activations)
-    assert back.zo_seeds is not None and torch.equal(back.zo_seeds, reply.zo_seeds)
+    assert back.exchange.keys() == reply.exchange.keys()
+    assert all(torch.equal(back.exchange[k], v) for k, v in reply.exchange.items())
     assert codec.decode_hello_reply(_over_the_wire(codec.encode_hello_reply(4))) == 4
 
 

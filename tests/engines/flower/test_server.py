@@ -38,7 +38,7 @@ def test_flower_engine_equals_the_simulator(serve, overrides: tuple[str, ...]) -
     sim = Simulation(cfg)
     expected = sim.run()
     # Assert: same models bit for bit, same metrics (accuracy, losses, bytes, client costs)
-    assert_same_models(server.sim, sim)
+    assert_same_models(server.core, sim)
     assert algorithm_records(read_metrics(server.opts.out)) == algorithm_records(expected)
     assert (Path(server.opts.out) / "summary.json").exists()
 
@@ -51,7 +51,7 @@ def test_serialised_bytes_are_the_payload_plus_a_bounded_overhead(serve) -> None
     server, grid = serve(cfg)
     last = read_metrics(server.opts.out)[-1]
     # Assert
-    state = len(server.sim.global_state)  # tensors in a model message
+    state = len(server.core.global_state)  # tensors in a model message
     uploads = cfg.train.local_steps // cfg.train.upload_every  # per client per round
     messages = len([n for _, nodes in grid.exchanges for n in nodes])  # handshakes included
     rounds = cfg.rounds * cfg.clients
@@ -110,7 +110,7 @@ def test_a_restarted_server_resumes_after_the_last_completed_round(serve, tmp_pa
     assert [kind for kind, _ in grid.exchanges] == ["query", "train", "train"]
     sim = Simulation(cfg)
     expected = sim.run()
-    assert_same_models(server.sim, sim)
+    assert_same_models(server.core, sim)
     assert algorithm_records(read_metrics(tmp_path / "run")) == algorithm_records(expected)
 
 
@@ -131,7 +131,7 @@ def test_clients_holding_only_their_own_npz_compute_the_same(serve, tmp_path, ca
     sim = Simulation(cfg)
     sim.run()
     # Assert
-    assert_same_models(server.sim, sim)
+    assert_same_models(server.core, sim)
     assert "client_1.npz" in capsys.readouterr().out
 
 
@@ -176,5 +176,5 @@ def test_only_own_modules_persist_on_a_node_and_travel_only_when_new(serve, monk
     # Assert: sent once, with round 3, then kept in the SuperNode's persistent context.
     assert sent == [(3, 0), (3, 1)]
     assert all(list(ctx.state) == ["heronsfl.personal"] for ctx in grid.contexts.values())
-    assert_same_models(server.sim, sim)
+    assert_same_models(server.core, sim)
     assert algorithm_records(read_metrics(server.opts.out)) == algorithm_records(sim_records)

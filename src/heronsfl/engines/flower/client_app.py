@@ -18,6 +18,7 @@ SuperNode's persistent `Context.state`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -34,10 +35,10 @@ from heronsfl.config import RunConfig
 from heronsfl.data.datasets import ArrayDataset
 from heronsfl.engines.client import ClientRun
 from heronsfl.engines.flower import codec
-from heronsfl.engines.flower.protocol import NodeSettings, RoundReply, RoundRequest
-from heronsfl.engines.simulation import client_modules as split_client_modules
+from heronsfl.engines.flower.protocol import NodeSettings, RoundRequest
 from heronsfl.engines.simulation import client_partitions, resolve_device
 from heronsfl.errors import ConfigError, DataError
+from heronsfl.messages import ClientResult
 from heronsfl.state import load_prefixed
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
@@ -88,7 +89,7 @@ def client_modules(
     """A client's modules, freshly initialised from the run seed: those the Fed-Server averages
     and those the client keeps for itself (split as the simulator splits them)."""
     model = build_split_model(cfg, with_aux=algo.uses_aux_head, whole=algo.trains_whole_model)
-    return split_client_modules(model, algo)
+    return algo.client_modules(model)
 
 
 def load_client_data(cfg: RunConfig, node: NodeSettings) -> ArrayDataset:
@@ -107,8 +108,9 @@ def load_client_data(cfg: RunConfig, node: NodeSettings) -> ArrayDataset:
         cfg = replace(cfg, data=replace(cfg.data, root=node.data_root))
     train_set = load_datasets(cfg, "train")
     idx = torch.as_tensor(client_partitions(cfg, train_set)[node.partition_id], dtype=torch.long)
-    # Keep this partition only; batches index it by position, so the order must be kept.
-    return ArrayDataset(train_set.x[idx], train_set.y[idx], train_set.classes)
+    # Keep this partition only; batches index it by position, so the order must be kept. The
+    # dataset keeps its type (images, or a language model's token ids).
+    return dataclasses.replace(train_set, x=train_set.x[idx], y=train_set.y[idx])
 
 
 def client_round(
@@ -116,7 +118,7 @@ def client_round(
     node: NodeSettings,
     req: RoundRequest,
     kept: dict[str, Tensor] | None = None,
-) -> RoundReply:
+) -> ClientResult:
     """Run client `req.client_id`'s round on this node's data.
 
     `kept` is the state of the client's own modules as it last received it (None: they start
@@ -154,16 +156,6 @@ def client_round(
         sends=set(averaged),
     )
     uploads = run.drain()
-    assert run.state is not None, "a drained client run holds its state"
     log.info("client %d: round %d done, %d uploads", req.client_id, req.round, len(uploads))
-    return RoundReply(
-        client_id=req.client_id,
-        num_samples=run.num_samples,
-        state=run.state,
-        uploads=uploads,
-        losses=run.losses,
-        comm=run.comm,
-        step_cost=run.step_cost,
-        zo_seeds=run.zo_seeds,
-        zo_scalars=run.zo_scalars,
-    )
+    # The uploads travel in the one reply: the server consumes them when every reply is in.
+    return dataclasses.replace(run.finished(), uploads=uploads)

@@ -26,12 +26,12 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from torch import Tensor
 
 from heronsfl import __version__
-from heronsfl.config import RunConfig, config_from_dict, to_dict
-from heronsfl.engines.flower.protocol import DeployOptions, NodeSettings, RoundReply, RoundRequest
-from heronsfl.engines.step import StepCost
+from heronsfl.config import RunConfig, to_dict
+from heronsfl.engines.flower.protocol import DeployOptions, NodeSettings, RoundRequest
 from heronsfl.errors import ConfigError
-from heronsfl.messages import Upload
+from heronsfl.messages import ClientResult, StepCost, Upload
 from heronsfl.metrics.comm import CommCounter
+from heronsfl.registry import config_from_dict
 
 # Message types: the round exchange goes to the ClientApp's @app.train(), the handshake that
 # asks a SuperNode which client it is goes to @app.query().
@@ -45,7 +45,7 @@ _PERSONAL = "heronsfl.personal"  # ArrayRecord: a client's own modules (also in 
 _RESULT = "heronsfl.result"  # ConfigRecord: ids, sizes, losses, byte counts, step cost
 _STATE = "heronsfl.state"  # ArrayRecord: the client's state after its round
 _UPLOADS = "heronsfl.uploads"  # ArrayRecord: activations.{i}, labels.{i}
-_ZO = "heronsfl.zo"  # ArrayRecord: seeds, scalars (zo.exchange = "seeds")
+_EXCHANGE = "heronsfl.exchange"  # ArrayRecord: the algorithm's exchange (seeds, scalars)
 _HELLO = "heronsfl.hello"  # ConfigRecord: partition_id
 
 # Node config keys (flower-supernode --node-config "partition-id=0 num-partitions=5").
@@ -190,7 +190,7 @@ def keep_state(node_state: RecordDict, state: dict[str, Tensor]) -> None:
     node_state[_PERSONAL] = state_to_record(state)
 
 
-def encode_reply(rep: RoundReply) -> RecordDict:
+def encode_reply(rep: ClientResult) -> RecordDict:
     uploads = ArrayRecord()
     for i, up in enumerate(rep.uploads):
         uploads[f"activations.{i}"] = tensor_to_array(up.activations)
@@ -211,12 +211,12 @@ def encode_reply(rep: RoundReply) -> RecordDict:
         _STATE: state_to_record(rep.state),
         _UPLOADS: uploads,
     }
-    if rep.zo_seeds is not None and rep.zo_scalars is not None:
-        records[_ZO] = state_to_record({"seeds": rep.zo_seeds, "scalars": rep.zo_scalars})
+    if rep.exchange:
+        records[_EXCHANGE] = state_to_record(rep.exchange)
     return RecordDict(records)
 
 
-def decode_reply(content: RecordDict) -> RoundReply:
+def decode_reply(content: RecordDict) -> ClientResult:
     what = "round reply"
     meta = _get(content, _RESULT, ConfigRecord, what)
     client_id = _scalar(meta, "client_id", int, what)
@@ -247,22 +247,19 @@ def decode_reply(content: RecordDict) -> RoundReply:
         raise ProtocolError(f"{what}: malformed byte counts")
     comm = CommCounter()
     comm.load_state_dict(dict(zip(kinds, (int(v) for v in nbytes), strict=True)))
-    seeds = scalars = None
-    if _ZO in content:
-        zo = record_to_state(_get(content, _ZO, ArrayRecord, what), "zo record")
-        if set(zo) != {"seeds", "scalars"} or zo["seeds"].dtype != torch.int64:
-            raise ProtocolError(f"{what}: the zo record must hold int64 seeds and scalars")
-        seeds, scalars = zo["seeds"], zo["scalars"]
-    return RoundReply(
+    exchange = {}
+    if _EXCHANGE in content:
+        record = _get(content, _EXCHANGE, ArrayRecord, what)
+        exchange = record_to_state(record, "exchange")
+    return ClientResult(
         client_id=client_id,
         num_samples=_scalar(meta, "num_samples", int, what),
         state=record_to_state(_get(content, _STATE, ArrayRecord, what), "client state"),
-        uploads=uploads,
+        exchange=exchange,
         losses=list(losses),
         comm=comm,
         step_cost=step_cost,
-        zo_seeds=seeds,
-        zo_scalars=scalars,
+        uploads=uploads,
     )
 
 

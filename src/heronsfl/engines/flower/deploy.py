@@ -34,7 +34,7 @@ from typing import IO
 import numpy as np
 
 from heronsfl.algorithms import get_algorithm
-from heronsfl.config import RunConfig, load_config, range_problem, split_config_args
+from heronsfl.config import RunConfig, range_problem, split_config_args
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
 from heronsfl.engines.flower.protocol import DeployError, DeployOptions, NodeSettings
@@ -42,6 +42,7 @@ from heronsfl.engines.simulation import client_partitions
 from heronsfl.errors import ConfigError, UserError
 from heronsfl.files import check_out_dir
 from heronsfl.metrics.log import METRICS_FILE, SUMMARY_FILE
+from heronsfl.registry import load_config
 from heronsfl.tasks import load_datasets
 
 log = logging.getLogger(__name__)

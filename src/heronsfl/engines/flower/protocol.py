@@ -2,7 +2,8 @@
 
 One round is one request/reply per participating client: the server sends a `RoundRequest`
 (the global client + aux state at wire precision and the round's indices); the client runs its
-h local steps and answers with a `RoundReply` (its state, its activation uploads, its losses).
+h local steps and answers with its `messages.ClientResult` (its state or exchange, its activation
+uploads, its losses, its byte counts).
 `engines/flower/codec.py` maps these to and from Flower records; nothing else sees Flower keys.
 """
 
@@ -13,10 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from heronsfl.engines.step import StepCost
 from heronsfl.errors import ConfigError, UserError
-from heronsfl.messages import Upload
-from heronsfl.metrics.comm import CommCounter
 
 
 class DeployError(UserError):
@@ -82,23 +80,3 @@ class RoundRequest:
     # This client's own modules (FSL-SAGE's aux head), sent only when the server has a newer
     # one than the client holds; the client keeps it in its SuperNode's persistent context.
     personal: dict[str, Tensor] | None = None
-
-
-@dataclass
-class RoundReply:
-    """Client -> server, once per round: everything a `ClientRun` leaves behind.
-
-    It has the attributes `Simulation.end_round` reads from a finished run (`client_id`,
-    `state`, `losses`, `comm`, `num_samples`, `step_cost`, `zo_seeds`, `zo_scalars`), so the
-    server aggregates it exactly as the simulator aggregates a `ClientRun`.
-    """
-
-    client_id: int
-    num_samples: int
-    state: dict[str, Tensor]  # wire precision (seeds exchange: buffers only)
-    uploads: list[Upload]
-    losses: list[float]
-    comm: CommCounter  # the client's own count of what it received and sent, by kind
-    step_cost: StepCost | None = None
-    zo_seeds: Tensor | None = None  # zo.exchange = "seeds": (h,) int64 step seeds
-    zo_scalars: Tensor | None = None  # and (h, q) float32 projected gradients

@@ -1,20 +1,21 @@
 """The Flower ServerApp: main server and Fed-Server in one process, SuperNodes as clients.
 
 A round is one message exchange per participating client (only the ServerApp can send):
-1. `Simulation.begin_round` gives the global client (+ aux) state at wire precision; each
+1. The federation core's `begin_round` gives the global client (+ aux) state at wire precision; each
    participant's SuperNode gets it in a `train` message (`codec.encode_request`).
-2. Each client runs its h local steps on its own data and replies once: its state, its
-   activation uploads and its losses (`client_app.client_round`).
+2. Each client runs its h local steps on its own data and replies once with its
+   `ClientResult`: its state, its activation uploads and its losses (`client_app.client_round`).
 3. With every reply in (or `deploy.round_timeout_s` over), the main server takes its FO steps on
    the uploads in the simulator's order (round-robin: step 0 of every client in client order,
-   then step 1, ...; or client by client), and `Simulation.end_round` averages and evaluates.
+   then step 1, ...; or client by client), and the core's `end_round` aggregates and evaluates.
    Clients that did not reply are left out of the round and logged.
 Since the clients never hear from the server during a round, this computes exactly what the
 in-process simulator computes for the same seed.
 
-After each completed round the server writes the run directory `deploy.out` as `heronsfl run`
-does (metrics.jsonl, an atomic checkpoint.pt, summary.json at the end): a restarted ServerApp
-with the same config resumes after the last completed round.
+The rounds run in the round loop of `heronsfl run` (runner.run_rounds), so the server writes the
+run directory `deploy.out` as `heronsfl run` does (metrics.jsonl, an atomic checkpoint.pt,
+summary.json with the task's final metrics at the end): a restarted ServerApp with the same
+config resumes after the last completed round.
 """
 
 from __future__ import annotations
@@ -25,23 +26,22 @@ import sys
 import time
 from collections.abc import Iterable
 from itertools import zip_longest
-from typing import Any, cast
+from typing import Any
 
 import torch
 from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 from torch import Tensor
 
-from heronsfl.aggregation import to_wire
 from heronsfl.algorithms import get_algorithm
 from heronsfl.config import RunConfig
-from heronsfl.engines.client import ClientRun
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
-from heronsfl.engines.flower.protocol import DeployError, DeployOptions, RoundReply, RoundRequest
-from heronsfl.engines.simulation import Simulation
+from heronsfl.engines.flower.protocol import DeployError, DeployOptions, RoundRequest
+from heronsfl.federation import Federation
+from heronsfl.messages import ClientResult
 from heronsfl.metrics.log import RunWriter
-from heronsfl.runner import summarize
+from heronsfl.runner import run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class FlowerServer:
     def __init__(self, grid: Grid, cfg: RunConfig, opts: DeployOptions) -> None:
         check_supported(get_algorithm(cfg.algorithm))
         self.grid, self.cfg, self.opts = grid, cfg, opts
-        self.sim = Simulation(cfg)  # loads the test set only; clients hold the training data
+        self.core = Federation(cfg)  # the test set only: clients hold the training data
         self.nodes: dict[int, int] = {}  # node id -> client id, in handshake order
         self.delivered: dict[int, str] = {}  # client id -> digest of the own state it holds
         # Serialised Flower message bytes, cumulative (next to the algorithm's own counter).
@@ -81,56 +81,42 @@ class FlowerServer:
         self._waited_for_all = False
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> list[dict[str, Any]]:
-        """All rounds (or those left after the checkpoint in `deploy.out`); returns the records."""
-        cfg = self.cfg
-        writer = RunWriter(self.opts.out, cfg, overwrite=self.opts.overwrite)
-        records = list(writer.records)
+    def run(self) -> dict[str, Any]:
+        """All rounds (or those left after the checkpoint in `deploy.out`); returns the summary."""
+        writer = RunWriter(self.opts.out, self.cfg, overwrite=self.opts.overwrite)
         try:
-            if writer.checkpoint is not None:
-                writer.restore(self.sim)
-                last = records[-1]  # (a run begun by `heronsfl run` has no Flower bytes yet)
-                self.flower_bytes = {
-                    "up": last.get("flower/uplink_bytes", 0),
-                    "down": last.get("flower/downlink_bytes", 0),
-                }
-                log.warning("resuming %s after round %d", writer.dir, self.sim.round)
-            t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
-            stopped = None
-            while self.sim.round < cfg.rounds:
-                record = self.run_round()
-                record["wall_s"] = time.perf_counter() - t0
-                records.append(record)
-                writer.log(record)
-                writer.save_checkpoint(self.sim.state_dict())
-                log.info(_fmt(record))
-                sent = record["comm/uplink_bytes"] + record["comm/downlink_bytes"]
-                if cfg.train.max_comm_bytes and sent >= cfg.train.max_comm_bytes:
-                    stopped = f"communication budget: {sent} >= train.max_comm_bytes"
-                    log.warning("stopping after round %d: %s", self.sim.round, stopped)
-                    break
-            summary = summarize(cfg, records, time.perf_counter() - t0)
-            summary["stopped_early"] = stopped
-            writer.finish(summary)
+            return run_rounds(
+                self.core,
+                self.run_round,
+                writer,
+                on_round=lambda r: log.info(_fmt(r)),
+                on_resume=self._resume,
+            )
         finally:
             writer.close()
-        return records
+
+    def _resume(self, last: dict[str, Any]) -> None:
+        # (a run begun by `heronsfl run` has no Flower bytes yet)
+        self.flower_bytes = {
+            "up": last.get("flower/uplink_bytes", 0),
+            "down": last.get("flower/downlink_bytes", 0),
+        }
 
     def run_round(self) -> dict[str, Any]:
-        sim, opts = self.sim, self.opts
+        core, opts = self.core, self.opts
         clients = self.clients_online()
-        wire_state = sim.begin_round()
-        participants = sim.participants()
-        measured = participants[0] if sim.step_cost is None else None
+        wire_state = core.begin_round()
+        participants = core.participants()
+        measured = participants[0] if core.step_cost is None else None
         own = {cid: self._own_state(cid) for cid in participants if cid in clients}
         requests = {
             cid: Message(
                 codec.encode_request(
-                    RoundRequest(sim.round, cid, cid == measured, wire_state, own[cid][0])
+                    RoundRequest(core.round, cid, cid == measured, wire_state, own[cid][0])
                 ),
                 dst_node_id=clients[cid],
                 message_type=codec.TRAIN,
-                group_id=str(sim.round),
+                group_id=str(core.round),
             )
             for cid in own
         }
@@ -141,11 +127,11 @@ class FlowerServer:
         arrived = self._accept(replies, {clients[c]: c for c in requests})
         dropped = [c for c in participants if c not in arrived]
         if absent := [c for c in participants if c not in clients]:
-            log.warning("round %d: client(s) %s not connected", sim.round, absent)
+            log.warning("round %d: client(s) %s not connected", core.round, absent)
         if silent := [c for c in dropped if c in clients]:
             log.warning(
                 "round %d: no reply from client(s) %s within %.0f s; going on with %d of %d",
-                sim.round,
+                core.round,
                 silent,
                 opts.round_timeout_s,
                 len(arrived),
@@ -153,16 +139,15 @@ class FlowerServer:
             )
         if len(arrived) < opts.min_clients:
             raise DeployError(
-                f"round {sim.round}: {len(arrived)} client(s) replied, fewer than "
+                f"round {core.round}: {len(arrived)} client(s) replied, fewer than "
                 f"deploy.min_clients = {opts.min_clients}; the run stops, and restarting it with "
-                f"the same --out resumes after round {sim.round - 1}"
+                f"the same --out resumes after round {core.round - 1}"
             )
         for cid in arrived:  # their own modules reached them (or they had them already)
             self.delivered[cid] = own[cid][1]
         order = [c for c in participants if c in arrived]
         self._replay([arrived[c] for c in order])
-        # end_round reads only what a RoundReply shares with a finished ClientRun (duck typing).
-        record = sim.end_round(cast("list[ClientRun]", [arrived[c] for c in order]))
+        record = core.end_round([arrived[c] for c in order])
         record["flower/uplink_bytes"] = self.flower_bytes["up"]
         record["flower/downlink_bytes"] = self.flower_bytes["down"]
         record["deploy/clients"] = order
@@ -173,10 +158,9 @@ class FlowerServer:
     def _own_state(self, cid: int) -> tuple[dict[str, Tensor] | None, str]:
         """What to send of client `cid`'s own modules (None: it holds the newest already), and
         the digest of the newest, to remember once it arrived."""
-        state = self.sim.algo.personal_state(self.sim.server, cid)
-        if state is None:
+        wire = self.core.personal_state(cid)  # as the simulator's client loads it
+        if wire is None:
             return None, ""
-        wire = to_wire(state, self.sim.algo.wire_dtype)  # as the simulator's client loads it
         digest = hashlib.sha256()
         for key in sorted(wire):
             digest.update(key.encode())
@@ -186,25 +170,27 @@ class FlowerServer:
 
     def _accept(
         self, replies: Iterable[Message], client_of: dict[int, int]
-    ) -> dict[int, RoundReply]:
+    ) -> dict[int, ClientResult]:
         """The valid replies by client id; failures are logged, never raised."""
-        arrived: dict[int, RoundReply] = {}
+        arrived: dict[int, ClientResult] = {}
         for msg in replies:
             cid = client_of.get(msg.metadata.src_node_id)
             if cid is None or cid in arrived:
                 continue
             if msg.has_error():
-                log.warning("round %d: client %d failed: %s", self.sim.round, cid, msg.error.reason)
+                log.warning(
+                    "round %d: client %d failed: %s", self.core.round, cid, msg.error.reason
+                )
                 continue
             try:
                 reply = codec.decode_reply(msg.content)
             except codec.ProtocolError as e:
-                log.warning("round %d: client %d sent a bad reply: %s", self.sim.round, cid, e)
+                log.warning("round %d: client %d sent a bad reply: %s", self.core.round, cid, e)
                 continue
             if reply.client_id != cid:
                 log.warning(
                     "round %d: node of client %d answered as %d",
-                    self.sim.round,
+                    self.core.round,
                     cid,
                     reply.client_id,
                 )
@@ -213,17 +199,17 @@ class FlowerServer:
             arrived[cid] = reply
         return arrived
 
-    def _replay(self, replies: list[RoundReply]) -> None:
+    def _replay(self, replies: list[ClientResult]) -> None:
         """The main server's steps on the uploads, in the simulator's order."""
         if self.cfg.train.server_order == "client-by-client":
             for reply in replies:
                 for up in reply.uploads:
-                    self.sim.consume(up)
+                    self.core.consume(up)
         else:  # round-robin: every client's j-th upload, in client order, then the (j+1)-th
             for step in zip_longest(*(r.uploads for r in replies)):
                 for up in step:
                     if up is not None:
-                        self.sim.consume(up)
+                        self.core.consume(up)
         for reply in replies:
             reply.uploads = []  # the activations are consumed: free them before evaluation
 

@@ -53,7 +53,7 @@ _WARMUP = 3
 def payload_shape(preset: str) -> tuple[list[int], torch.dtype]:
     """(batch, *cut_shape) and the wire dtype of a preset's activation upload."""
     from heronsfl.algorithms.base import WIRE_DTYPES
-    from heronsfl.config import load_config
+    from heronsfl.registry import load_config
     from heronsfl.tasks import build_split_model
 
     cfg = load_config(preset, ["model.pretrained=false"] if "resnet" in preset else [])
