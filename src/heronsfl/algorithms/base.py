@@ -69,6 +69,7 @@ class ClientState:
     step: int = 0
     pending: Tensor | None = None  # sync SFL: activations whose graph waits for the gradient
     pending_input: Tensor | None = None  # HO-SFL: the batch its probes re-run after λ arrives
+    aux_optimizer: torch.optim.Optimizer | None = None  # a ZO client's first-order aux head
 
     losses: list[float] = field(default_factory=list)
     zo_record: list[tuple[int, list[float]]] = field(default_factory=list)  # (step seed, g_i)
