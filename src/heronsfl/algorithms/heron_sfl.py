@@ -31,6 +31,9 @@ takes a first-order step on the unperturbed cut activation, which the client com
 for its upload. The backward runs inside the aux head only (its input needs no gradient), so
 no client activation is kept for a backward; the aux head costs one gradient and Adam's two
 moments of its own size. The client's probes then perturb the client sub-model alone.
+With zo.probe_batch = "batched" the q probes run as one vmapped forward over q perturbed
+copies of the parameters (θ itself is not moved, so the replay skips the round trips): the same
+MACs in fewer, larger kernels, for q parameter copies and q forwards' activations at once.
 
 BatchNorm uses batch statistics in every forward; running statistics are updated once per step,
 by the unperturbed forward (central: by the first perturbed forward when there is none). The
