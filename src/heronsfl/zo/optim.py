@@ -9,7 +9,9 @@ The ZO estimate is ĝ = (1/q) Σ g_i u_i. Which rule applies follows `client_opt
   SGD fed ĝ through .grad; costs a gradient and a momentum buffer of parameter size). With
   zo.perturbation = "lowrank" the momentum is kept in the low-rank factors instead
   (`LowRankMomentum`, LOZO-M, arXiv 2410.07698): an m x r buffer per weight matrix, almost free.
-  lr: the effective step is lr / (1 - β), so divide ZO-SGD's lr by about 1/(1 - β) (10 at 0.9).
+  lr: the effective step is lr / (1 - β) once the buffer has built up, which takes about
+  1/(1 - β) steps, and the buffer restarts every round: with few local steps (digits: h = 9,
+  β = 0.9) keep ZO-SGD's lr instead of dividing it (lr 1e-4 learned far slower than 1e-3).
 - name = "signsgd": θ -= lr sign(ĝ), or lr sign(m) with momentum (ZO-SignSGD, Liu et al.,
   "signSGD via Zeroth-Order Oracle", ICLR 2019; Signum's m = βm + (1-β)ĝ with β > 0).
   Every coordinate moves by exactly lr, whatever the noise: lr is a per-coordinate step size,
