@@ -4,7 +4,7 @@ The ZO estimate is ĝ = (1/q) Σ g_i u_i. Which rule applies follows `client_opt
 
 - name = "sgd", momentum = 0: θ -= lr ĝ, applied in place per probe by regenerating u_i (MeZO's
   ZO-SGD; heron_sfl.py). Nothing of parameter size is stored. lr: the step's variance grows
-  like d·lr², so it wants a small lr (digits: 1e-3; 1e-2 diverged in quality).
+  like d·lr², so it wants a small lr (digits: 1e-3 learned, 1e-2 degraded; digits.md).
 - name = "sgd", momentum = β > 0: ZO-SGD with heavy-ball momentum m = βm + ĝ, θ -= lr m (torch
   SGD fed ĝ through .grad; costs a gradient and a momentum buffer of parameter size). With
   zo.perturbation = "lowrank" the momentum is kept in the low-rank factors instead
