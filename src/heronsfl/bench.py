@@ -65,7 +65,9 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
     peak = cost.peak_mem_bytes
     if device.type == "cuda":
         c.step = 1
-        resident = [m for m in (model.client, model.aux, c.optimizer) if m is not None]
+        resident = [
+            m for m in (model.client, model.aux, c.optimizer, c.aux_optimizer) if m is not None
+        ]
         peak = cuda_peak_bytes(
             lambda: local_step(algo, c, batch, server), *resident, batch.x, batch.y
         )
@@ -92,6 +94,30 @@ def measure(cfg: RunConfig) -> dict[str, Any]:
         "wire_dtype": cfg.comm.wire_dtype,
         "zo_exchange": cfg.zo.exchange if algo.zeroth_order_client else None,
     }
+
+
+# `--zo-options`: HERON-SFL's zeroth-order client options (zo/directions.py, zo/optim.py, the
+# hybrid client), each measured like an algorithm. Label -> overrides on top of heron-sfl.
+ZO_OPTIONS: dict[str, list[str]] = {
+    "zo-sgd": ["client_optim.name=sgd"],
+    "zo-sgd-m": ["client_optim.name=sgd", "client_optim.momentum=0.9"],
+    "zo-signsgd": ["client_optim.name=signsgd"],
+    "lowrank": ["client_optim.name=sgd", "zo.perturbation=lowrank"],
+    "lozo-m": ["client_optim.name=sgd", "client_optim.momentum=0.9", "zo.perturbation=lowrank"],
+    "sparse": ["client_optim.name=sgd", "zo.perturbation=sparse"],
+    "sparse-mag": ["client_optim.name=sgd", "zo.perturbation=sparse-magnitude"],
+    "block": ["client_optim.name=sgd", "zo.perturbation=block"],
+    "q=4": ["client_optim.name=sgd", "zo.num_probes=4"],
+    "q=4 central": ["client_optim.name=sgd", "zo.num_probes=4", "zo.estimator=central"],
+    "q=4 batched": ["client_optim.name=sgd", "zo.num_probes=4", "zo.probe_batch=batched"],
+    "hybrid": ["client_optim.name=sgd", "zo.aux_update=backprop"],
+    "hybrid lozo-m": [
+        "client_optim.name=sgd",
+        "client_optim.momentum=0.9",
+        "zo.perturbation=lowrank",
+        "zo.aux_update=backprop",
+    ],
+}
 
 
 @dataclass(frozen=True)
@@ -156,8 +182,10 @@ def resources(
     upload_every: int = 1,
     overrides: list[str] = (),  # type: ignore[assignment]
     local_steps: int = 39,
+    zo_options: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per algorithm, plus one with the seeds exchange for each that offers it.
+    """One row per algorithm, plus one with the seeds exchange for each that offers it, plus
+    (`zo_options`) one HERON-SFL row per ZO_OPTIONS entry.
 
     `local_steps` (h) sizes the per-round exchanges that grow with it: the seeds exchange's
     h * (8 + 4q) bytes and HO-SFL's h * 4P scalars each way.
@@ -166,15 +194,19 @@ def resources(
     provides = get_task(task).provides
     names = algorithms or [n for n, a in ALGORITHMS.items() if a.requires <= provides]
     batch_size = batch_size or get_task(task).paper_batch_size
-    variants = [(name, []) for name in names]
+    variants: list[tuple[str, str, list[str]]] = [(name, name, []) for name in names]
     # (an unknown name is reported by the config check, with the known ones)
     seeds = [n for n in names if n in ALGORITHMS and "seeds" in ALGORITHMS[n].exchanges]
-    variants += [(n, ["zo.exchange=seeds"]) for n in seeds]
+    # Not with a first-order aux head (zo.aux_update=backprop): it cannot be replayed.
+    if "zo.aux_update=backprop" not in overrides:
+        variants += [(f"{n} (seeds)", n, ["zo.exchange=seeds"]) for n in seeds]
+    if zo_options and "heron-sfl" in names:
+        variants += [(f"heron {k}", "heron-sfl", v) for k, v in ZO_OPTIONS.items()]
     rows = []
-    for name, extra in variants:
+    for label, name, extra in variants:
         cfg = _config(task, name, batch_size, device, [*overrides, *extra], local_steps)
         row = measure(cfg)
-        row["label"] = f"{name} (seeds)" if extra else name
+        row["label"] = label
         # A decoupled client uploads every k-th step; a synchronous one every step.
         k = 1 if ALGORITHMS[name].sends_gradients else upload_every
         row["upload_every"] = k
@@ -188,7 +220,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str = "sflv2") -> str:
     to the `baseline` row (the paper's: SFLV2; else the first row)."""
     base = next((r for r in rows if r["label"] == baseline), rows[0])
     head = (
-        f"{'algorithm':<18}{'peak mem (MB)':>15}{'vs ' + base['algorithm']:>12}"
+        f"{'algorithm':<20}{'peak mem (MB)':>15}{'vs ' + base['algorithm']:>12}"
         f"{'MACs/step (G)':>16}{'vs ' + base['algorithm']:>12}{'up/step (MB)':>14}"
         f"{'down/step (MB)':>16}{'model down/round (MB)':>23}{'model up/round (MB)':>21}"
     )
@@ -200,7 +232,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str = "sflv2") -> str:
     ]
     for r in rows:
         lines.append(
-            f"{r['label']:<18}{r['client_peak_mem_bytes'] / 1e6:>15.1f}"
+            f"{r['label']:<20}{r['client_peak_mem_bytes'] / 1e6:>15.1f}"
             f"{r['client_peak_mem_bytes'] / base['client_peak_mem_bytes']:>12.2f}"
             f"{r['client_macs_per_step'] / 1e9:>16.2f}"
             f"{r['client_macs_per_step'] / base['client_macs_per_step']:>12.2f}"

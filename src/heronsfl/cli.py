@@ -173,6 +173,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         upload_every=ns.upload_every,
         local_steps=ns.local_steps,
         overrides=ns.overrides,
+        zo_options=ns.zo_options,
     )
     if ns.json:
         print(json.dumps(rows, indent=2))
@@ -274,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-steps", type=int, default=39, help="h, for the seeds exchange's bytes per round"
     )
 
+    res.add_argument(
+        "--zo-options",
+        action="store_true",
+        help="add a row per zeroth-order client option of heron-sfl (bench.ZO_OPTIONS)",
+    )
     res.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     res.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     res.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -127,12 +127,17 @@ class TrainConfig:
 class OptimConfig:
     """An optimizer for one role. ZO clients feed it the gradient estimate g*u."""
 
-    name: Literal["adam", "sgd"] = _f(
-        "adam", "adam (paper) or sgd; for a ZO client, sgd is the in-place MeZO update"
+    name: Literal["adam", "sgd", "signsgd"] = _f(
+        "adam",
+        "adam (paper) or sgd; for a ZO client, sgd is the in-place MeZO update (with momentum: "
+        "ZO-SGD-M, LOZO-M under zo.perturbation=lowrank) and signsgd is ZO-SignSGD (ZO "
+        "clients only); lr notes in zo/optim.py",
     )
     lr: float = _f(1e-4, "learning rate (paper: Adam 1e-4 on both sides)", check=">0")
     # Heavy-ball momentum >= 1 never forgets a gradient: the update grows without bound.
-    momentum: float = _f(0.0, "SGD momentum (FO clients and the server only)", check="[0, 1)")
+    momentum: float = _f(
+        0.0, "SGD momentum; ZO clients: ZO-SGD / ZO-SignSGD momentum (zo/optim.py)", check="[0, 1)"
+    )
     # An L2 coefficient above 1 lets the penalty wd * |θ|² / 2 outweigh any O(1) data loss for
     # every real network (|θ|² >> 1): training would only shrink the weights (common: <= 5e-4).
     weight_decay: float = _f(0.0, "L2 weight decay", check="[0, 1]")
@@ -164,6 +169,37 @@ class ZOConfig:
     distribution: Literal["gaussian", "sphere"] = _f(
         "gaussian", "u ~ N(0, I), or uniform on the sphere of radius sqrt(d) (E[uu^T] = I for both)"
     )
+    perturbation: Literal["dense", "lowrank", "sparse", "sparse-magnitude", "block"] = _f(
+        "dense",
+        "shape of u (zo/directions.py): dense N(0, I) (MeZO); lowrank U V^T per weight matrix "
+        "(LOZO); sparse: a seeded zo.density of the coordinates; sparse-magnitude: the "
+        "zo.density smallest-magnitude weights (Sparse MeZO); block: one of zo.num_blocks "
+        "parameter blocks per step, cycling",
+    )
+    rank: int = _f(1, "r: rank of a lowrank direction per weight matrix", check=">0")
+    v_every: int = _f(
+        10,
+        "ν: lowrank V is redrawn every ν local steps, U every step (LOZO's lazy sampling; "
+        "LOZO-M's momentum lives in U-space in between)",
+        check=">0",
+    )
+    density: float = _f(
+        0.1, "fraction of each tensor's coordinates a sparse direction moves", check="(0, 1]"
+    )
+    num_blocks: int = _f(4, "block: parameter blocks the client cycles through", check=">0")
+    probe_batch: Literal["sequential", "batched"] = _f(
+        "sequential",
+        "q probes one forward after another on θ perturbed in place (MeZO), or as one "
+        "batched forward over q perturbed parameter copies (torch.func.vmap): fewer, larger "
+        "kernels for q copies of the parameters and q forwards' activations",
+    )
+    aux_update: Literal["zo", "backprop"] = _f(
+        "zo",
+        "heron-sfl aux head: zeroth-order with the client (paper), or backprop: first-order "
+        "on the cut activation the client already holds (hybrid client; the client sub-model "
+        "stays ZO and no client activation is stored for a backward)",
+    )
+    aux_lr: float = _f(0.0, "Adam lr of the backprop aux head; 0 = client_optim.lr", check=">=0")
 
 
 @dataclass(frozen=True)
@@ -558,6 +594,7 @@ def validate(cfg: RunConfig) -> list[str]:
     """
     p: list[str] = []
     t = cfg.train
+    p += _zo_problems(cfg)
     p += _range_problems(cfg)
     if t.clients_per_round > cfg.clients:
         p.append(
@@ -568,6 +605,25 @@ def validate(cfg: RunConfig) -> list[str]:
         p.append(
             f"train.upload_every (k = {t.upload_every}) > train.local_steps (h = {t.local_steps}): "
             "a client would never upload; set k <= h"
+        )
+    return p
+
+
+def _zo_problems(cfg: RunConfig) -> list[str]:
+    """The zeroth-order client's options that do not fit each other (what they need of the
+    algorithm is checked by `SplitAlgorithm.config_problems`)."""
+    p, zo = [], cfg.zo
+    if cfg.server_optim.name == "signsgd":
+        p.append("server_optim.name = 'signsgd' is a zeroth-order client update; use adam or sgd")
+    if zo.distribution == "sphere" and zo.perturbation not in ("dense", "block"):
+        p.append(
+            f"zo.distribution = 'sphere' works with dense or block directions, not "
+            f"{zo.perturbation!r}; use zo.distribution=gaussian"
+        )
+    if zo.aux_update == "backprop" and zo.exchange == "seeds":
+        p.append(
+            "zo.exchange = 'seeds' cannot replay a first-order aux head "
+            "(zo.aux_update = 'backprop'); use zo.exchange=params"
         )
     return p
 

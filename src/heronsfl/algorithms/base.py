@@ -83,6 +83,7 @@ class ClientState:
     step: int = 0
     pending: Tensor | None = None  # sync SFL: activations whose graph waits for the gradient
     pending_input: Tensor | None = None  # HO-SFL: the batch its probes re-run after λ arrives
+    aux_optimizer: torch.optim.Optimizer | None = None  # a ZO client's first-order aux head
 
     losses: list[float] = field(default_factory=list)
     zo_record: list[tuple[int, list[float]]] = field(default_factory=list)  # (step seed, g_i)
@@ -212,6 +213,18 @@ class SplitAlgorithm(ABC):
             p.append(
                 f"zo.exchange = {cfg.zo.exchange!r} needs a zeroth-order client, not "
                 f"{cls.name!r}; use heron-sfl or mezo, or zo.exchange=params"
+            )
+        # The clients that step a ZO optimizer (heron-sfl, mezo) are those that can replay seeds.
+        zo_optimizer = "seeds" in cls.exchanges
+        if cfg.client_optim.name == "signsgd" and not zo_optimizer:
+            p.append(
+                f"client_optim.name = 'signsgd' needs a zeroth-order client, not {cls.name!r}; "
+                "use heron-sfl or mezo, or adam / sgd"
+            )
+        if cfg.zo.aux_update == "backprop" and not (zo_optimizer and cls.uses_aux_head):
+            p.append(
+                f"zo.aux_update = 'backprop' needs a zeroth-order client with an aux head, not "
+                f"{cls.name!r}; use heron-sfl"
             )
         pv = cfg.privacy  # the defenses act on uploaded activations and on a client that trains
         if (pv.noise_std > 0 or pv.clip_norm > 0) and not cls.uploads_activations:

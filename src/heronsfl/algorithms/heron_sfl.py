@@ -21,7 +21,19 @@ Updates (client_optim.name):
 - adam: the estimate is written into .grad and Adam steps (paper: Adam, lr 1e-4); costs a
   gradient buffer and two moments of parameter size.
 - sgd:  θ -= lr * g_i * u_i / q applied in place by regenerating u_i (MeZO's ZO-SGD): nothing of
-  parameter size is stored.
+  parameter size is stored. With client_optim.momentum > 0: ZO-SGD with momentum (LOZO-M's
+  factor momentum under low-rank directions); signsgd: ZO-SignSGD. See zo/optim.py.
+
+Beyond the paper, the shape of u follows zo.perturbation (dense, lowrank, sparse,
+sparse-magnitude, block; zo/directions.py, each regenerated from seeds), and zo.aux_update =
+"backprop" makes a hybrid client: the client sub-model stays zeroth-order while the aux head
+takes a first-order step on the unperturbed cut activation, which the client computes anyway
+for its upload. The backward runs inside the aux head only (its input needs no gradient), so
+no client activation is kept for a backward; the aux head costs one gradient and Adam's two
+moments of its own size. The client's probes then perturb the client sub-model alone.
+With zo.probe_batch = "batched" the q probes run as one vmapped forward over q perturbed
+copies of the parameters (θ itself is not moved, so the replay skips the round trips): the same
+MACs in fewer, larger kernels, for q parameter copies and q forwards' activations at once.
 
 BatchNorm uses batch statistics in every forward; running statistics are updated once per step,
 by the unperturbed forward (central: by the first perturbed forward when there is none). The
@@ -47,6 +59,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from heronsfl.algorithms.base import (
     ClientState,
@@ -54,6 +67,7 @@ from heronsfl.algorithms.base import (
     SplitAlgorithm,
     check_finite,
     head_loss,
+    make_optimizer,
     task_loss,
     wire_nbytes,
 )
@@ -61,9 +75,27 @@ from heronsfl.messages import Batch, ClientResult, Upload
 from heronsfl.privacy.defenses import nopeek_penalty
 from heronsfl.rng import derive_seed
 from heronsfl.state import load_prefixed, travelling_state
-from heronsfl.zo.perturb import accumulate_grad_, dropout_off, frozen_batchnorm_stats, perturb_
+from heronsfl.zo.directions import StepDirections
+from heronsfl.zo.optim import LowRankMomentum, ZOSignSGD
+from heronsfl.zo.perturb import dropout_off, frozen_batchnorm_stats
 
 _FIX = "lower client_optim.lr or zo.mu"
+
+
+class _LocalLoss(nn.Module):
+    """The local loss as one module, so torch.func can swap in perturbed parameters."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        aux: nn.Module | None,
+        loss: Callable[[Tensor, Tensor, Tensor], Tensor],
+    ) -> None:
+        super().__init__()
+        self.model, self.aux, self.loss = model, aux, loss
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.loss(x, self.model(x), y)  # loss(x, acts, y) reads self.aux's parameters
 
 
 class HeronSFL(SplitAlgorithm):
@@ -76,17 +108,52 @@ class HeronSFL(SplitAlgorithm):
     exchange_kind: ClassVar[str] = "zo_seeds_scalars"
     supports_nopeek: ClassVar[bool] = True  # the penalty is one more term of the forward loss
 
-    def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
-        # ZO-SGD updates in place from the seeds: no optimizer object, no state.
-        return None if self.cfg.client_optim.name == "sgd" else super().new_client_optimizer(c)
+    def zo_params(self, c: ClientState) -> list[torch.Tensor]:
+        """The parameters the ZO estimate covers: all trainable ones, or (hybrid) the client's."""
+        if self.cfg.zo.aux_update == "backprop":
+            return [p for p in c.model.parameters() if p.requires_grad]
+        return c.trainable()
 
-    def step_seed(self, c: ClientState) -> int:
+    def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
+        """The ZO update's optimizer (None: in-place ZO-SGD, no state); a hybrid client's aux
+        head gets its own first-order Adam in c.aux_optimizer."""
+        o, zo = self.cfg.client_optim, self.cfg.zo
+        if zo.aux_update == "backprop" and c.aux is not None:
+            c.aux_optimizer = torch.optim.Adam(c.aux.parameters(), lr=zo.aux_lr or o.lr)
+        params = self.zo_params(c)
+        if not params or (o.name == "sgd" and o.momentum == 0):
+            return None  # ZO-SGD updates in place from the seeds: no optimizer object, no state
+        if o.name == "signsgd":
+            return ZOSignSGD(params, o.lr, o.momentum)
+        if o.name == "sgd" and zo.perturbation == "lowrank":
+            return LowRankMomentum(params, o.lr, o.momentum)
+        return make_optimizer(params, o)  # Adam, or torch SGD with momentum on the estimate
+
+    def step_seed(self, c: ClientState, step: int | None = None) -> int:
         """One seed per (run, round, client, local step); the probes' seeds derive from it."""
-        return derive_seed(self.cfg.seed, "zo", c.round, c.client_id, c.step)
+        return derive_seed(
+            self.cfg.seed, "zo", c.round, c.client_id, c.step if step is None else step
+        )
 
     def probe_seeds(self, step_seed: int) -> list[int]:
         """The q direction seeds of a step: anyone holding the step seed regenerates every u_i."""
         return [derive_seed(step_seed, i) for i in range(self.num_probes)]
+
+    def directions(self, params: list[torch.Tensor], step: int, window_seed: int) -> StepDirections:
+        """The step's direction generator; `window_seed` is the step seed of the first step of
+        the step's lazy-V window (lowrank), so the replay can rebuild it from the seeds."""
+        zo = self.cfg.zo
+        v_seed = derive_seed(window_seed, "lowrank-v") if zo.perturbation == "lowrank" else 0
+        return StepDirections(
+            params,
+            zo.perturbation,
+            zo.distribution,
+            step,
+            v_seed,
+            zo.rank,
+            zo.density,
+            zo.num_blocks,
+        )
 
     def _local_loss(
         self, c: ClientState, x: torch.Tensor, acts: torch.Tensor, y: torch.Tensor
@@ -103,48 +170,109 @@ class HeronSFL(SplitAlgorithm):
     @torch.no_grad()
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
         zo = self.cfg.zo
-        params = c.trainable()
+        params = self.zo_params(c)
+        hybrid = zo.aux_update == "backprop"
         x, y = batch.x, batch.y
         uploads = self.uploads_at(c.step)
         # The unperturbed forward runs *last*: its activations then go straight to the uplink and
         # never coexist with another forward's (the estimate is the same in any order).
-        unperturbed = zo.estimator == "one-sided" or uploads
+        unperturbed = zo.estimator == "one-sided" or uploads or hybrid
         step_seed = self.step_seed(c)
-        seeds = self.probe_seeds(step_seed)
+        seeds = self.probe_seeds(step_seed) if params else []  # a frozen hybrid has no probes
+        dirs = self.directions(params, c.step, self.step_seed(c, c.step - c.step % zo.v_every))
         plus: list[float] = []
         minus: list[float] = []
         with dropout_off(c.model, c.aux):
-            for i, seed in enumerate(seeds):
+            if zo.probe_batch == "batched" and seeds:
+                with frozen_batchnorm_stats(c.model, c.aux):
+                    plus, minus = self._batched_losses(c, dirs, seeds, x, y)
+                seeds_left: list[int] = []
+            else:
+                seeds_left = seeds
+            for i, seed in enumerate(seeds_left):
                 # Running BN statistics: from the unperturbed forward, else from the first probe.
                 freeze = unperturbed or i > 0
                 with frozen_batchnorm_stats(c.model, c.aux) if freeze else contextlib.nullcontext():
-                    losses = self._probe(params, seed, lambda: self._loss(c, x, y))
+                    losses = self._probe(dirs, seed, lambda: self._loss(c, x, y))
                 plus.append(losses[0])
                 minus += losses[1:]
             upload: Upload | None = None
             loss0 = float("nan")
             if unperturbed:
                 acts = c.model(x)  # (B, *cut_shape); updates BN running statistics once
-                if zo.estimator == "one-sided":
+                if hybrid:
+                    loss0 = self._aux_backprop(c, acts, y)
+                    penalty = nopeek_penalty(self.cfg, x, acts)  # the ZO loss's other term
+                    loss0 += 0.0 if penalty is None else float(penalty)
+                elif zo.estimator == "one-sided":
                     loss0 = self._local_loss(c, x, acts, y).item()  # host sync
                 if uploads:
                     upload = self._upload(c, acts, y)
                 del acts
-        if zo.estimator == "one-sided":
+        if zo.estimator == "one-sided" or hybrid:
             check_finite(loss0, self._where(c), _FIX)
-            scalars = [(lp - loss0) / zo.mu for lp in plus]
             c.losses.append(loss0)
+        if zo.estimator == "one-sided":
+            scalars = [(lp - loss0) / zo.mu for lp in plus]
         else:
             scalars = [(lp - lm) / (2 * zo.mu) for lp, lm in zip(plus, minus, strict=True)]
-            c.losses.append(sum(plus + minus) / (2 * len(plus)))
+            if not hybrid:
+                c.losses.append(sum(plus + minus) / (2 * len(plus)))
         for g in scalars:
             check_finite(g, self._where(c), _FIX)
-        self._apply(c, params, seeds, scalars)
+        self._apply(c, dirs, seeds, scalars)
         c.zo_record.append((step_seed, scalars))
         return upload
 
+    def _aux_backprop(self, c: ClientState, acts: torch.Tensor, y: torch.Tensor) -> float:
+        """Hybrid client: one first-order step of the aux head on the (detached) cut activation.
+
+        The graph starts at `acts`, which needs no gradient: the backward stays in the aux head.
+        Returns the aux loss before the step (the one-sided estimator's l(θ)).
+        """
+        assert c.aux is not None and c.aux_optimizer is not None, "hybrid needs an aux head"
+        with torch.enable_grad():
+            loss = head_loss(c.aux, acts, y)
+            c.aux_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        c.aux_optimizer.step()
+        c.aux_optimizer.zero_grad(set_to_none=True)  # the gradient lives only for the step
+        return float(loss.item())  # host sync
+
+    def _batched_losses(
+        self, c: ClientState, dirs: StepDirections, seeds: list[int], x: Tensor, y: Tensor
+    ) -> tuple[list[float], list[float]]:
+        """Every probe's loss from one vmapped forward over perturbed copies of the parameters.
+
+        θ itself is never moved (no perturb/restore round trips): copy i holds fl(θ ± μu_i).
+        Costs q (central: 2q) copies of the perturbed parameters and as many forwards'
+        activations at once. BatchNorm uses batch statistics in every copy (running statistics
+        come from the unperturbed forward, when the step has one).
+        """
+        zo = self.cfg.zo
+        local = _LocalLoss(c.model, c.aux, lambda x, a, y: self._local_loss(c, x, a, y))
+        names = {id(p): n for n, p in local.named_parameters()}
+        signs = [1.0] if zo.estimator == "one-sided" else [1.0, -1.0]
+        n = len(seeds) * len(signs)
+        stacked: dict[str, Tensor] = {}
+        for i, seed in enumerate(seeds):
+            for p, u in dirs.directions(seed):
+                name = names[id(p)]
+                if name not in stacked:  # n copies of θ, then each moved along its own u
+                    stacked[name] = p.detach().expand(n, *p.shape).clone()
+                for j, sign in enumerate(signs):
+                    stacked[name][i * len(signs) + j].add_(u, alpha=sign * zo.mu)
+        fixed = {k: v for k, v in local.named_parameters() if k not in stacked}
+        fixed |= dict(local.named_buffers())
+
+        def loss(params: dict[str, Tensor]) -> Tensor:
+            return functional_call(local, {**params, **fixed}, (x, y))
+
+        losses = torch.vmap(loss)(stacked).tolist()  # (n,); one host sync for all probes
+        return losses[:: len(signs)], losses[1 :: len(signs)]
+
     def _probe(
-        self, params: list[torch.Tensor], seed: int, loss: Callable[[], float] | None
+        self, dirs: StepDirections, seed: int, loss: Callable[[], float] | None
     ) -> list[float]:
         """Evaluate the loss at θ+μu (and θ-μu, central) and return θ to where it was.
 
@@ -153,16 +281,16 @@ class HeronSFL(SplitAlgorithm):
         """
         zo = self.cfg.zo
         out: list[float] = []
-        perturb_(params, seed, zo.mu, zo.distribution)
+        dirs.perturb_(seed, zo.mu)
         if loss is not None:
             out.append(loss())
         if zo.estimator == "central":
-            perturb_(params, seed, -2 * zo.mu, zo.distribution)
+            dirs.perturb_(seed, -2 * zo.mu)
             if loss is not None:
                 out.append(loss())
-            perturb_(params, seed, zo.mu, zo.distribution)
+            dirs.perturb_(seed, zo.mu)
         else:
-            perturb_(params, seed, -zo.mu, zo.distribution)
+            dirs.perturb_(seed, -zo.mu)
         return out
 
     # ---------------------------------------------------------------- the seeds exchange
@@ -209,26 +337,34 @@ class HeronSFL(SplitAlgorithm):
         `c` holds modules loaded with the state the client started from and a fresh optimizer,
         as the client had. Replaying the same perturb/restore/update operations in the same
         order gives the client's parameters exactly (same device and dtype); BatchNorm running
-        statistics depend on data and are uploaded as tensors instead.
+        statistics depend on data and are uploaded as tensors instead. The step index (block
+        directions) is the position in the list; the lazy V seed comes from its window's first
+        step seed.
         """
-        params = c.trainable()
-        for step_seed, gs in zip(step_seeds, scalars, strict=True):
+        params = self.zo_params(c)
+        nu = self.cfg.zo.v_every
+        for t, (step_seed, gs) in enumerate(zip(step_seeds, scalars, strict=True)):
             seeds = self.probe_seeds(step_seed)
-            for seed in seeds:
-                self._probe(params, seed, None)
-            self._apply(c, params, seeds, gs)
+            dirs = self.directions(params, t, step_seeds[t - t % nu])
+            for seed in seeds if self.cfg.zo.probe_batch == "sequential" else []:
+                self._probe(dirs, seed, None)
+            self._apply(c, dirs, seeds, gs)
 
     def _apply(
-        self, c: ClientState, params: list[torch.Tensor], seeds: list[int], scalars: list[float]
+        self, c: ClientState, dirs: StepDirections, seeds: list[int], scalars: list[float]
     ) -> None:
-        """θ <- θ - lr * (1/q) Σ g_i u_i, via Adam on the estimate or in-place ZO-SGD."""
+        """θ <- θ - lr * (1/q) Σ g_i u_i, via the client optimizer or in-place ZO-SGD."""
         q = len(seeds)
-        dist = self.cfg.zo.distribution
+        if not seeds:
+            return
         if c.optimizer is None:  # ZO-SGD: regenerate each u_i and step along it
             for seed, g in zip(seeds, scalars, strict=True):
-                perturb_(params, seed, -self.cfg.client_optim.lr * g / q, dist)
+                dirs.perturb_(seed, -self.cfg.client_optim.lr * g / q)
+            return
+        if isinstance(c.optimizer, LowRankMomentum):
+            c.optimizer.zo_step(dirs, seeds, scalars)
             return
         for seed, g in zip(seeds, scalars, strict=True):
-            accumulate_grad_(params, seed, g / q, dist)
+            dirs.accumulate_grad_(seed, g / q)
         c.optimizer.step()
         c.optimizer.zero_grad(set_to_none=True)  # the estimate buffer lives only for the update

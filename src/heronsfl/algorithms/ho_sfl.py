@@ -12,6 +12,10 @@ identical: the client-model exchange is seeds + scalars only ("dimension-free"),
 no Fed-Server averaging of parameters. Symbols: P = zo.num_probes (default 5, the paper's for
 vision), μ = zo.mu (paper: 1e-3), η = client_optim.lr.
 
+The shape of u_p follows zo.perturbation like HERON-SFL's (zo/directions.py: dense, lowrank,
+sparse, sparse-magnitude, block); the lazy V of lowrank directions is shared by every client
+for zo.v_every steps. The update stays the paper's plain step (client_optim.name is not used).
+
 Deviations from the paper:
 - BatchNorm running statistics are local to each client in a deployment; the simulator keeps
   the shared client model's, updated by every client's unperturbed forward in turn (not sent).
@@ -29,7 +33,8 @@ from heronsfl.algorithms.base import ClientState, FedRound, SplitAlgorithm, shar
 from heronsfl.messages import Batch, ClientResult, Download, Upload
 from heronsfl.metrics.comm import CommCounter
 from heronsfl.rng import derive_seed
-from heronsfl.zo.perturb import dropout_off, frozen_batchnorm_stats, perturb_
+from heronsfl.zo.directions import StepDirections
+from heronsfl.zo.perturb import dropout_off, frozen_batchnorm_stats
 
 
 class HOSFL(SplitAlgorithm):
@@ -41,6 +46,8 @@ class HOSFL(SplitAlgorithm):
     shared_client_model: ClassVar[bool] = True
     default_probes: ClassVar[int] = 5  # P, the paper's value for vision
 
+    _dirs: tuple[tuple[int, int, int], StepDirections] | None = None
+
     def new_client_optimizer(self, c: ClientState) -> torch.optim.Optimizer | None:
         return None  # the update is in place, from the broadcast scalars
 
@@ -49,6 +56,28 @@ class HOSFL(SplitAlgorithm):
         return [
             derive_seed(self.cfg.seed, "ho-sfl", round_idx, step, p) for p in range(self.num_probes)
         ]
+
+    def directions(self, params: list[torch.Tensor], round_idx: int, step: int) -> StepDirections:
+        """The step's shared direction generator, built once per (round, step) and reused by
+        every client and by `synchronize` (the sparse-magnitude masks come from θ at the first
+        use, before any probe of the step moves it)."""
+        key = (round_idx, step, id(params[0]))  # one model's parameters, one step
+        if self._dirs is None or self._dirs[0] != key:
+            zo = self.cfg.zo
+            window = step - step % zo.v_every
+            v_seed = derive_seed(self.cfg.seed, "ho-sfl-v", round_idx, window)
+            dirs = StepDirections(
+                params,
+                zo.perturbation,
+                zo.distribution,
+                step,
+                v_seed,
+                zo.rank,
+                zo.density,
+                zo.num_blocks,
+            )
+            self._dirs = (key, dirs)
+        return self._dirs[1]
 
     @torch.no_grad()
     def client_step(self, c: ClientState, batch: Batch) -> Upload | None:
@@ -64,12 +93,13 @@ class HOSFL(SplitAlgorithm):
         assert c.pending is not None and c.pending_input is not None, "client_step first"
         lam = down.gradient.to(c.pending)  # λ at the client's dtype and device
         params, mu = c.trainable(), self.cfg.zo.mu
+        dirs = self.directions(params, c.round, c.step)
         scalars = []
         with dropout_off(c.model), frozen_batchnorm_stats(c.model):
             for seed in self.probe_seeds(c.round, c.step):
-                perturb_(params, seed, mu, self.cfg.zo.distribution)
+                dirs.perturb_(seed, mu)
                 z_p = c.model(c.pending_input)
-                perturb_(params, seed, -mu, self.cfg.zo.distribution)
+                dirs.perturb_(seed, -mu)
                 scalars.append(float((lam * (z_p - c.pending)).sum()))  # host sync per probe
                 del z_p
         c.pending = c.pending_input = None
@@ -86,8 +116,9 @@ class HOSFL(SplitAlgorithm):
         mean = torch.tensor([c.zo_record[-1][1] for c in clients], dtype=torch.float32).mean(0)
         params, mu, lr = c0.trainable(), self.cfg.zo.mu, self.cfg.client_optim.lr
         p_count = len(mean)
+        dirs = self.directions(params, c0.round, c0.step)
         for seed, v in zip(self.probe_seeds(c0.round, c0.step), mean.tolist(), strict=True):
-            perturb_(params, seed, -lr * v / (p_count * mu), self.cfg.zo.distribution)
+            dirs.perturb_(seed, -lr * v / (p_count * mu))
         for c, comm in zip(clients, comms, strict=True):
             comm.add("up", "zo_scalars", [torch.tensor(c.zo_record[-1][1])])
             comm.add("down", "zo_scalars", [mean])

@@ -34,8 +34,9 @@ def measure_local_step(
     tracker = PeakMemoryTracker()
     mods = [m for m in (c.model, c.aux) if m is not None]
     tracker.track(*mods, batch.x, batch.y)
-    if c.optimizer is not None:
-        tracker.track(c.optimizer)
+    for opt in (c.optimizer, c.aux_optimizer):
+        if opt is not None:
+            tracker.track(opt)
     flops = 0
     down = None
     with tracker:
