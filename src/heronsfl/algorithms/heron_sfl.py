@@ -144,16 +144,7 @@ class HeronSFL(SplitAlgorithm):
         the step's lazy-V window (lowrank), so the replay can rebuild it from the seeds."""
         zo = self.cfg.zo
         v_seed = derive_seed(window_seed, "lowrank-v") if zo.perturbation == "lowrank" else 0
-        return StepDirections(
-            params,
-            zo.perturbation,
-            zo.distribution,
-            step,
-            v_seed,
-            zo.rank,
-            zo.density,
-            zo.num_blocks,
-        )
+        return StepDirections.from_config(params, zo, step, v_seed)
 
     def _local_loss(
         self, c: ClientState, x: torch.Tensor, acts: torch.Tensor, y: torch.Tensor

@@ -66,16 +66,7 @@ class HOSFL(SplitAlgorithm):
             zo = self.cfg.zo
             window = step - step % zo.v_every
             v_seed = derive_seed(self.cfg.seed, "ho-sfl-v", round_idx, window)
-            dirs = StepDirections(
-                params,
-                zo.perturbation,
-                zo.distribution,
-                step,
-                v_seed,
-                zo.rank,
-                zo.density,
-                zo.num_blocks,
-            )
+            dirs = StepDirections.from_config(params, zo, step, v_seed)
             self._dirs = (key, dirs)
         return self._dirs[1]
 

@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from heronsfl.config import ZOConfig
 from heronsfl.zo.perturb import Distribution, _directions, accumulate_grad_, perturb_
 
 Perturbation = Literal["dense", "lowrank", "sparse", "sparse-magnitude", "block"]
@@ -92,6 +93,22 @@ class StepDirections:
         if kind == "sparse-magnitude":
             with torch.no_grad():
                 self.masks = [_smallest(p, density) for p in self.params]
+
+    @classmethod
+    def from_config(
+        cls, params: Sequence[Tensor], zo: ZOConfig, step: int, v_seed: int
+    ) -> StepDirections:
+        """The step's directions as the `[zo]` config section shapes them."""
+        return cls(
+            params,
+            zo.perturbation,
+            zo.distribution,
+            step,
+            v_seed,
+            zo.rank,
+            zo.density,
+            zo.num_blocks,
+        )
 
     def directions(self, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (param, u_param) for the active parameters, one temporary alive at a time."""
