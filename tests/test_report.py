@@ -102,6 +102,7 @@ def test_report_writes_plots_and_a_table_with_the_runs_numbers(
         "client peak mem MB": "2.5",
         "client MACs/step G": "39.9",
         "wall s": "12.3",  # from summary.json
+        "wall s/round": "4.1",
     }
     inc = table["sflv2 (incomplete)"]
     assert inc["rounds"] == "2/5" and inc["final aux acc"] == "-"
@@ -144,6 +145,30 @@ def test_labels_name_the_algorithm_and_the_directory_when_shared(tmp_path: Path)
     table = _table((tmp_path / "out" / "summary.md").read_text())
     assert list(table) == ["heron-sfl (a)", "heron-sfl (b)", "cse-fsl"]
     assert table["heron-sfl (b)"]["final test acc"] == "0.6000"
+
+
+def test_target_columns_give_the_comm_when_accuracy_first_reached_each_target(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    # Execute: heron reaches 0.6 at round 2 (3 GB), sflv2 at round 1 (1.5 GB); nobody 0.9
+    out = tmp_path / "out"
+    assert main([*map(str, two_runs), "--out", str(out), "--target", "0.6", "0.9"]) == 0
+    # Assert
+    table = _table((out / "summary.md").read_text())
+    assert table["heron-sfl"]["GB to 60%"] == "3"
+    assert table["sflv2 (incomplete)"]["GB to 60%"] == "1.5"
+    assert table["heron-sfl"]["GB to 90%"] == table["sflv2 (incomplete)"]["GB to 90%"] == "-"
+
+
+@pytest.mark.parametrize("bad", ["0", "1.5", "nan", "-0.2"])
+def test_a_target_that_is_not_an_accuracy_is_refused_before_writing(
+    bad: str, two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    rc = cli.main(["report", *map(str, two_runs), "--out", str(out), "--target", bad])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("heronsfl: error: --target") and "(0, 1]" in err
+    assert not out.exists()
 
 
 def test_label_option_names_runs_in_order_and_must_match_their_count(

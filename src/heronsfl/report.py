@@ -136,6 +136,7 @@ COLUMNS = [
     "client peak mem MB",
     "client MACs/step G",
     "wall s",
+    "wall s/round",
 ]
 
 
@@ -143,7 +144,22 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def summary_row(run: Run, label: str) -> dict[str, str]:
+def target_column(target: float) -> str:
+    return f"GB to {target:.0%}" if round(target * 100, 6).is_integer() else f"GB to {target:g}"
+
+
+def gb_to_target(run: Run, target: float) -> float | None:
+    """Cumulative uplink + downlink GB when test accuracy first reached `target` (None: never).
+
+    The comparison the SFL papers draw (communication to reach an accuracy), read off the
+    per-round records; a run evaluated every few rounds is credited at its first evaluation
+    that reaches the target.
+    """
+    hit = next((r for r in run.records if r.get("test/accuracy", -1.0) >= target), None)
+    return None if hit is None else _comm_bytes(hit) / 1e9
+
+
+def summary_row(run: Run, label: str, targets: Sequence[float] = ()) -> dict[str, str]:
     """One table row: raw metrics formatted for reading (GB = 1e9 B, MB = 1e6 B, G = 1e9)."""
     done = run.records[-1]["round"]
     planned = run.config.get("rounds")
@@ -162,15 +178,19 @@ def summary_row(run: Run, label: str) -> dict[str, str]:
         "client peak mem MB": _fmt(None if peak is None else peak / 1e6, ".4g"),
         "client MACs/step G": _fmt(None if macs is None else macs / 1e9, ".4g"),
         "wall s": _fmt(wall, ".1f"),
+        "wall s/round": _fmt(None if wall is None else wall / done, ".1f"),
     }
+    for t in targets:
+        row[target_column(t)] = _fmt(gb_to_target(run, t), ".4g")
     if run.last("test/perplexity") is not None:
         row["final test ppl"] = _fmt(run.last("test/perplexity"), ".3f")
     return row
 
 
-def format_table(rows: Sequence[dict[str, str]]) -> str:
+def format_table(rows: Sequence[dict[str, str]], targets: Sequence[float] = ()) -> str:
     """A markdown table; the perplexity column appears only when some run has one."""
-    columns = COLUMNS + (["final test ppl"] if any("final test ppl" in r for r in rows) else [])
+    columns = COLUMNS + [target_column(t) for t in targets]
+    columns += ["final test ppl"] if any("final test ppl" in r for r in rows) else []
     widths = [max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in columns]
     # Text columns left-aligned, numbers right-aligned (`---:`), as markdown renders them.
     text = {"run", "task"}
@@ -226,9 +246,17 @@ def _plot(
 
 
 def write_report(
-    runs: Sequence[Run], out: str | Path, labels: Sequence[str] | None = None
+    runs: Sequence[Run],
+    out: str | Path,
+    labels: Sequence[str] | None = None,
+    targets: Sequence[float] = (),
 ) -> list[Path]:
-    """Write the plots and summary.md for `runs` into `out`; returns the files written."""
+    """Write the plots and summary.md for `runs` into `out`; returns the files written.
+
+    `targets`: test accuracies whose "GB to reach" columns the table gets."""
+    for t in targets:
+        if not 0.0 < t <= 1.0:  # also refuses NaN
+            raise UserError(f"--target {t!r} is not an accuracy: give a number in (0, 1]")
     if labels is None:
         labels = default_labels(runs)
     if len(labels) != len(runs):
@@ -243,7 +271,7 @@ def write_report(
     # exists: a report that fails half-way leaves `out` as it was, not half a set of figures.
     tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        names = _draw(runs, labels, tmp)
+        names = _draw(runs, labels, tmp, targets)
         for name in names:
             (tmp / name).replace(out / name)
     except BaseException:
@@ -255,7 +283,9 @@ def write_report(
     return [out / name for name in names]
 
 
-def _draw(runs: Sequence[Run], labels: Sequence[str], out: Path) -> list[str]:
+def _draw(
+    runs: Sequence[Run], labels: Sequence[str], out: Path, targets: Sequence[float]
+) -> list[str]:
     """Write the plots and summary.md into `out`; returns their file names."""
     shown = [lab + ("" if r.complete else INCOMPLETE) for r, lab in zip(runs, labels, strict=True)]
     colors = [f"C{i % 10}" for i in range(len(runs))]  # the run's color in every figure
@@ -279,7 +309,7 @@ def _draw(runs: Sequence[Run], labels: Sequence[str], out: Path) -> list[str]:
         written.append(out / "perplexity_vs_comm.png")
         _plot(perplexity, "uplink + downlink (GB)", "test perplexity", written[-1], log_y=True)
 
-    rows = [summary_row(r, lab) for r, lab in zip(runs, labels, strict=True)]
+    rows = [summary_row(r, lab, targets) for r, lab in zip(runs, labels, strict=True)]
     notes = [
         f"- {name}: `{r.dir}`" + (f" (stopped early: {why})" if (why := r.stopped_early) else "")
         for r, name in zip(runs, shown, strict=True)
@@ -287,12 +317,21 @@ def _draw(runs: Sequence[Run], labels: Sequence[str], out: Path) -> list[str]:
     md = [
         "# Report",
         "",
-        format_table(rows),
+        format_table(rows, targets),
         "",
         "Accuracies are the global model's on the test set at the final (or best) evaluated",
         "round; `aux` is the client sub-model with its auxiliary head. Comm counts uplink +",
         "downlink payloads at the wire precision (GB = 1e9 bytes, MB = 1e6 bytes). Runs marked",
-        "(incomplete) have no summary.json: they were stopped or failed.",
+        "(incomplete) have no summary.json: they were stopped or failed. `wall s/round` is",
+        "the run's wall time over its rounds done (a resumed run's time adds up across processes).",
+        *(
+            [
+                "`GB to X` is the cumulative comm when test accuracy first reached X",
+                "(`-`: not reached in the rounds shown).",
+            ]
+            if targets
+            else []
+        ),
         "",
         "Runs:",
         *notes,
@@ -315,10 +354,19 @@ def main(argv: list[str]) -> int:
         metavar="NAME",
         help="legend and table names, one per RUN_DIR in order (default: the algorithm)",
     )
+    p.add_argument(
+        "--target",
+        nargs="+",
+        action="extend",
+        type=float,
+        default=[],
+        metavar="ACC",
+        help="test accuracies, e.g. 0.5 0.6: add a 'GB to reach' column for each",
+    )
     ns = p.parse_args(argv)
     files.check_out_dir(ns.out)
     runs = [load_run(d) for d in ns.runs]
-    written = write_report(runs, ns.out, ns.label)
+    written = write_report(runs, ns.out, ns.label, ns.target)
     print(written[-1].read_text(), end="")
     log.info("report written to %s: %s", ns.out, ", ".join(w.name for w in written))
     return 0
