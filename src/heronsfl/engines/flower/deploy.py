@@ -10,12 +10,14 @@ also on failure or Ctrl-C. Flower's state and app installs live in a temporary F
 in DIR/flower/. `app` only writes the Flower app (a pyproject.toml holding the whole config as
 Flower run config) for `flwr run` against SuperLinks on real machines; `partition` writes each
 client's training samples to its own .npz for SuperNodes that must hold their data only.
-See docs/deploy.md.
+`local --uplink-mbit U --downlink-mbit D` runs each SuperNode in its own network namespace
+behind a rate-limited link (links.py). See docs/deploy.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -37,6 +39,7 @@ from heronsfl.algorithms import get_algorithm
 from heronsfl.config import RunConfig, range_problem, split_config_args
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
+from heronsfl.engines.flower.links import MAX_CLIENTS, MAX_MBIT, EmulatedLinks, check_available
 from heronsfl.engines.flower.protocol import DeployError, DeployOptions, NodeSettings
 from heronsfl.engines.simulation import client_partitions
 from heronsfl.errors import ConfigError, UserError
@@ -80,16 +83,16 @@ def flower_command(name: str) -> str:
     return found
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def descendants(pid: int) -> list[int]:
@@ -156,11 +159,18 @@ def _alive(pid: int) -> bool:
 class LocalFederation:
     """A SuperLink and one SuperNode per client on 127.0.0.1, as child processes.
 
+    With `links` (set up already), each SuperNode runs in its client's network namespace and
+    the SuperLink listens on the links' server address instead of 127.0.0.1.
     Use as a context manager: leaving it ends every process it started and their helpers.
     """
 
     def __init__(
-        self, workdir: Path, clients: int, port: int = 0, logs: Path | None = None
+        self,
+        workdir: Path,
+        clients: int,
+        port: int = 0,
+        logs: Path | None = None,
+        links: EmulatedLinks | None = None,
     ) -> None:
         self.workdir = workdir
         self.logs = logs or workdir / "flower"
@@ -168,7 +178,9 @@ class LocalFederation:
         self.home = Path(tempfile.mkdtemp(prefix="heronsfl-flwr-home-"))
         self.env = flower_env(self.home)
         self.clients = clients
-        self.port = port or free_port()
+        self.links = links
+        self.host = links.host if links is not None else "127.0.0.1"
+        self.port = port or free_port(self.host)
         self.superlink: subprocess.Popen[bytes] | None = None
         self.supernodes: list[subprocess.Popen[bytes]] = []
         self._files: list[IO[bytes]] = []
@@ -200,14 +212,14 @@ class LocalFederation:
         """Start the SuperLink, wait until it listens, then the SuperNodes."""
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'address = "{self.host}:{self.port}"\ninsecure = true\n'
         )
         self.superlink = self._spawn(
             "superlink",
             [
                 flower_command("flower-superlink"),
                 "--insecure",
-                "--host=127.0.0.1",
+                f"--host={self.host}",
                 f"--port={self.port}",
                 "--disable-runtime-dependency-installation",
             ],
@@ -218,22 +230,22 @@ class LocalFederation:
 
     def start_supernode(self, partition_id: int) -> subprocess.Popen[bytes]:
         node = NodeSettings(partition_id, self.clients)
-        return self._spawn(
-            f"supernode-{partition_id}",
-            [
-                flower_command("flower-supernode"),
-                "--insecure",
-                f"--superlink=127.0.0.1:{self.port}",
-                "--host=127.0.0.1",
-                f"--port={free_port()}",
-                "--node-config",
-                codec.node_config_text(node),
-            ],
-        )
+        cmd = [
+            flower_command("flower-supernode"),
+            "--insecure",
+            f"--superlink={self.host}:{self.port}",
+            "--host=127.0.0.1",  # its local API, for its own ClientApps (in its namespace)
+            f"--port={free_port()}",
+            "--node-config",
+            codec.node_config_text(node),
+        ]
+        if self.links is not None:
+            cmd = self.links.wrap(partition_id, cmd)
+        return self._spawn(f"supernode-{partition_id}", cmd)
 
     def _wait_listening(self, proc: subprocess.Popen[bytes], port: int, name: str) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _listening(port):
+        while not _listening(port, self.host):
             if proc.poll() is not None:
                 raise DeployError(f"{name} exited with {proc.returncode}; see {self.logs}")
             if time.monotonic() > deadline:
@@ -356,6 +368,9 @@ def _check_flags(ns: argparse.Namespace) -> None:
     ]
     if hasattr(ns, "port"):
         checks += [("--port", ns.port, "[0, 65535]"), ("--timeout", ns.timeout, ">=0")]
+    for flag in ("uplink_mbit", "downlink_mbit"):
+        if getattr(ns, flag, None) is not None:
+            checks.append((f"--{flag.replace('_', '-')}", getattr(ns, flag), f"(0, {MAX_MBIT:g}]"))
     problems = [p for flag, v, check in checks if (p := range_problem(flag, v, check))]
     if problems:
         raise ConfigError(problems)
@@ -363,6 +378,9 @@ def _check_flags(ns: argparse.Namespace) -> None:
 
 def cmd_local(ns: argparse.Namespace) -> int:
     _check_flags(ns)
+    shaped = ns.uplink_mbit is not None or ns.downlink_mbit is not None
+    if shaped:
+        check_available()  # root, ip and tc, before anything is read or written
     if ns.out is not None:
         check_out_dir(ns.out)
     cfg = _absolute_paths(_config(ns.args))
@@ -376,13 +394,22 @@ def cmd_local(ns: argparse.Namespace) -> int:
     # Daemon logs go to a folder of their own and join the run directory only once it exists
     # (a round was logged): a start that fails leaves --out as it found it and says where the
     # logs are.
+    if shaped and cfg.clients > MAX_CLIENTS:
+        raise UserError(f"--uplink-mbit/--downlink-mbit support at most {MAX_CLIENTS} clients")
     logs = Path(tempfile.mkdtemp(prefix="heronsfl-deploy-logs-"))
     try:
-        with LocalFederation(out, cfg.clients, ns.port, logs=logs) as fed:
+        with contextlib.ExitStack() as stack:
+            links = None
+            if shaped:  # namespaces first: they are torn down after the processes in them
+                links = stack.enter_context(
+                    EmulatedLinks(cfg.clients, ns.uplink_mbit, ns.downlink_mbit, logs / "links.txt")
+                )
+            fed = stack.enter_context(LocalFederation(out, cfg.clients, ns.port, logs, links))
             app_dir = fed.home / "app"
             write_app(app_dir, cfg, opts)
             log.warning(
-                "SuperLink on 127.0.0.1:%d, %d SuperNodes; logs in %s",
+                "SuperLink on %s:%d, %d SuperNodes; logs in %s",
+                fed.host,
                 fed.port,
                 cfg.clients,
                 fed.logs,
@@ -478,6 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="give up after this many seconds (default: from the round timeout)",
+    )
+    local.add_argument(
+        "--uplink-mbit",
+        type=float,
+        default=None,
+        help="run each SuperNode in its own network namespace and limit client -> server to "
+        "this many Mbit/s (needs root, ip and tc; see docs/deploy.md)",
+    )
+    local.add_argument(
+        "--downlink-mbit",
+        type=float,
+        default=None,
+        help="as --uplink-mbit, for server -> client (a direction without a flag is unshaped)",
     )
     local.add_argument("-q", "--quiet", action="store_true", help="do not echo Flower's log")
     local.set_defaults(fn=cmd_local)
