@@ -236,7 +236,9 @@ class EmulatedLinks:
             try:
                 self.report.write_text(
                     f"uplink {_rate(self.uplink_mbit)}, downlink {_rate(self.downlink_mbit)}, "
-                    f"server {self.host if self.subnet else '-'}\n\n{self.statistics()}\n"
+                    f"server {self.host if self.subnet else '-'}, "
+                    f"namespaces {self.namespace(0)} .. {self.namespace(self.clients - 1)}, "
+                    f"bridge {self.bridge}\n\n{self.statistics()}\n"
                 )
             except OSError as e:
                 log.warning("could not write %s: %s", self.report, e)
