@@ -5,4 +5,5 @@
 - protocol.py: the server -> client request (RoundRequest) and the server's options; the reply
   is the engine-neutral messages.ClientResult
 - deploy.py: `heronsfl deploy` (a local SuperLink + SuperNodes, app directories, data splits)
+- links.py: emulated client links for `deploy local` (network namespaces, veths, tc shaping)
 """

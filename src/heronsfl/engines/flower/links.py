@@ -39,10 +39,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from heronsfl.engines.flower.protocol import DeployError
 from heronsfl.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class LinkError(UserError):
+    """The links could not be set up; the message quotes the `ip`/`tc` command and its error.
+
+    Not protocol.DeployError: this module imports no torch, so a namespace helper starts fast.
+    """
+
 
 MAX_CLIENTS = 250  # one /24: .1 is the server, .2 .. .251 the clients
 MAX_MBIT = 100_000.0  # 100 Gbit/s, above any veth's real throughput
@@ -68,7 +75,7 @@ def _run(cmd: Sequence[str]) -> None:
     """One `ip`/`tc` command; its stderr becomes the error when it fails."""
     done = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise DeployError(
+        raise LinkError(
             f"could not set up the emulated links: `{' '.join(cmd)}` failed: "
             f"{done.stderr.strip() or done.returncode}"
         )
@@ -95,7 +102,7 @@ def free_subnet(tries: int = 50) -> ipaddress.IPv4Network:
         net = ipaddress.IPv4Network(f"10.{rng.randint(100, 254)}.{rng.randint(0, 255)}.0/24")
         if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
             return net
-    raise DeployError(f"no free 10.x.y.0/24 subnet for the emulated links after {tries} tries")
+    raise LinkError(f"no free 10.x.y.0/24 subnet for the emulated links after {tries} tries")
 
 
 def htb_commands(dev: str, mbit: float, netns: str | None = None) -> list[list[str]]:
