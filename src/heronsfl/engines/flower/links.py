@@ -239,6 +239,8 @@ class EmulatedLinks:
 
     def close(self) -> None:
         """Delete every veth, namespace and bridge made here (newest first); never raises."""
+        if self._old_sigterm is not None:  # a second SIGTERM must not cut the teardown short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.report is not None and self._made:
             try:
                 self.report.write_text(
