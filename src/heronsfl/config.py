@@ -233,6 +233,12 @@ class ModelConfig:
     width: int = _f(
         0, "base channel width; 0 = the task's standard width (64 for ResNet-18)", check=">=0"
     )
+    init: Literal["default", "kaiming"] = _f(
+        "default",
+        "conv weight initialisation: PyTorch's default (kaiming-uniform, a = sqrt(5)), or "
+        "kaiming: kaiming_normal_(fan_out, relu) on every conv of client, server and aux head "
+        "(torchvision's ResNet init, which the public FSL-SAGE code uses)",
+    )
     freeze_client: bool = _f(
         False,
         "control run: the client sub-model keeps its initial weights, only aux head and server "

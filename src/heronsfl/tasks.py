@@ -24,7 +24,13 @@ from heronsfl.errors import ConfigError
 from heronsfl.lm.tasks import lm_tasks
 from heronsfl.models.cnn import DIGITS_CUTS, digits_cnn_stages
 from heronsfl.models.resnet import RESNET18_CUTS, resnet18_stages
-from heronsfl.models.split import SplitModel, build_aux_head, count_params, split_stages
+from heronsfl.models.split import (
+    SplitModel,
+    build_aux_head,
+    count_params,
+    kaiming_init,
+    split_stages,
+)
 from heronsfl.rng import derive_seed, generator
 from heronsfl.task import Split, Task
 
@@ -96,6 +102,11 @@ def check_config(cfg: RunConfig) -> list[str]:
     """The config's task and cut, checked against this registry."""
     if cfg.task not in TASKS:
         return [f"unknown task {cfg.task!r}; known: {', '.join(sorted(TASKS))}"]
+    if cfg.model.init != "default" and TASKS[cfg.task].build is not None:
+        return [
+            f"model.init = {cfg.model.init!r} re-initialises the conv nets of the image tasks; "
+            f"task {cfg.task!r} builds its own model; use model.init=default"
+        ]
     if cfg.model.cut and cfg.model.cut not in TASKS[cfg.task].cuts:
         return [
             f"model.cut = {cfg.model.cut!r} does not exist in task {cfg.task!r}; "
@@ -125,6 +136,8 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False
         cut = list(stages)[-1] if whole else (cfg.model.cut or task.paper_cut)
         client, server, cut_shape = split_stages(stages, cut, task.input_shape)
         aux = build_aux_head(cfg.model.aux, cut_shape, task.num_classes) if with_aux else None
+        if cfg.model.init == "kaiming":
+            kaiming_init(client, server, aux)
     return _frozen(cfg, SplitModel(client, server, aux, cut, cut_shape))
 
 
