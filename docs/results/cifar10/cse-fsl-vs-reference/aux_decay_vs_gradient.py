@@ -21,4 +21,5 @@ for i, p in enumerate(params):
     rms = (moments[i]["exp_avg_sq"] / (1 - 0.999**step)).sqrt()
     decay += float((1e-4 * p).norm() ** 2)
     grad += float(rms.norm() ** 2)
-print(f"aux: |1e-4 * w| / |RMS gradient| = {(decay / grad) ** 0.5:.4f} ({len(params)} tensors, step {step:.0f})")
+ratio = (decay / grad) ** 0.5
+print(f"aux: |1e-4 * w| / |RMS gradient| = {ratio:.4f} ({len(params)} tensors, step {step:.0f})")

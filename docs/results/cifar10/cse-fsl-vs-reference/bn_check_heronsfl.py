@@ -38,4 +38,5 @@ with torch.no_grad():
 new = server.state_dict()
 print("server BN re-estimated:", fed.evaluate())
 for k in ("layer3_0.bn1.running_var", "layer3_0.shortcut.1.running_var"):
-    print(k, "as trained / re-estimated, median over channels: %.3f" % (old[k] / new[k]).median())
+    ratio = float((old[k] / new[k]).median())
+    print(k, f"as trained / re-estimated, median over channels: {ratio:.3f}")
