@@ -69,3 +69,5 @@ class ClientResult:
     # A decoupled client's activation uploads, when the engine batches them into the reply
     # (Flower); the simulator's server consumes them during the round and leaves this empty.
     uploads: list[Upload] = field(default_factory=list)
+    # A networked synchronous client's wait for each server answer (send to answer, seconds).
+    round_trips_s: list[float] = field(default_factory=list)

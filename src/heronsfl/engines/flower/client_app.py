@@ -19,7 +19,9 @@ SuperNode's persistent `Context.state`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,8 +39,10 @@ from heronsfl.engines.client import ClientRun
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.protocol import NodeSettings, RoundRequest
 from heronsfl.engines.simulation import client_partitions, resolve_device
+from heronsfl.engines.stream.client import StreamClient
+from heronsfl.engines.stream.link import Certificates
 from heronsfl.errors import ConfigError, DataError
-from heronsfl.messages import ClientResult
+from heronsfl.messages import ClientResult, Download, Upload
 from heronsfl.state import load_prefixed
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
@@ -67,19 +71,18 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> bool:
-    """One exchange per round suffices: the client never waits for the server mid-round."""
-    return not algo.sends_gradients and algo.server_schedule == "sequential"
+    """Every algorithm but a shared-model one (HO-SFL), whose per-step broadcast is not wired."""
+    return not algo.shared_client_model
 
 
 def check_supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> None:
-    """Refuse per-batch synchronous algorithms: each step would be a Flower round trip."""
+    """Refuse what `heronsfl deploy` cannot run yet, naming what it can."""
     if not supported(algo):
         ok = ", ".join(name for name, cls in ALGORITHMS.items() if supported(cls))
         raise ConfigError(
-            f"algorithm {algo.name!r} needs the server's answer after every local step; on "
-            "Flower every step would be a full message round trip (the smallest one measured "
-            "9 to 16 s on 127.0.0.1, see docs/deploy.md), so it is not supported by "
-            f"`heronsfl deploy`. Run it with `heronsfl run`, or deploy one of: {ok}"
+            f"algorithm {algo.name!r} keeps one client model in sync across clients after every "
+            "local step, which `heronsfl deploy` does not support yet. Run it with "
+            f"`heronsfl run`, or deploy one of: {ok}"
         )
 
 
@@ -137,11 +140,56 @@ def client_round(
         )
     algo = get_algorithm(cfg.algorithm)(cfg)
     check_supported(algo)
-    device = resolve_device(cfg.device)
     data = load_client_data(cfg, node)
     averaged, own = client_modules(cfg, algo)
     if own and kept is not None:
         load_prefixed(own, kept)
+    stream = req.stream
+    if stream is None:
+        raise codec.ProtocolError(
+            "the round request names no per-step stream: run the same heronsfl version on the "
+            "server and the SuperNodes"
+        )
+    certificates = Certificates(ca=stream.ca_pem.encode()) if stream.ca_pem else None
+    with StreamClient(
+        stream.address,
+        stream.secret,
+        req.client_id,
+        req.round,
+        window=stream.window,
+        certificates=certificates,
+        timeout_s=stream.timeout_s,
+        connect_timeout_s=stream.timeout_s,
+    ) as link:
+        result = _stream_round(algo, link, cfg, data, req, {**averaged, **own}, set(averaged))
+    log.info("client %d: round %d done", req.client_id, req.round)
+    return result
+
+
+def _stream_round(
+    algo: SplitAlgorithm,
+    link: StreamClient,
+    cfg: RunConfig,
+    data: ArrayDataset,
+    req: RoundRequest,
+    modules: dict[str, nn.Module],
+    sends: set[str],
+) -> ClientResult:
+    """The client's h local steps, each step's traffic on the stream as it is produced: a
+    decoupled client sends its uploads and never waits (beyond the window); a synchronous
+    client waits for the server's answer to each upload."""
+    device = resolve_device(cfg.device)
+    round_trips: list[float] = []
+    step = itertools.count()
+
+    def ask(up: Upload) -> Download:
+        t = time.perf_counter()
+        down, _ = link.exchange(up, next(step))
+        round_trips.append(time.perf_counter() - t)
+        if not isinstance(down, Download) or down.client_id != req.client_id:
+            raise codec.ProtocolError(f"client {req.client_id}: the server answered {down!r:.80}")
+        return down
+
     run = ClientRun(
         algo,
         get_task(cfg.task),
@@ -149,13 +197,14 @@ def client_round(
         np.arange(len(data)),
         req.round,
         req.client_id,
-        {k: m.to(device) for k, m in {**averaged, **own}.items()},
+        {k: m.to(device) for k, m in modules.items()},
         req.state,
         device,
+        server=ask if algo.sends_gradients else None,
         measure=req.measure,
-        sends=set(averaged),
+        sends=sends,
     )
-    uploads = run.drain()
-    log.info("client %d: round %d done, %d uploads", req.client_id, req.round, len(uploads))
-    # The uploads travel in the one reply: the server consumes them when every reply is in.
-    return dataclasses.replace(run.finished(), uploads=uploads)
+    for i, up in enumerate(run):
+        if up is not None and not algo.sends_gradients:
+            link.send(up, i)
+    return dataclasses.replace(run.finished(), round_trips_s=round_trips)
