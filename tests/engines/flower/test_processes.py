@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,7 +52,14 @@ def _runs_client_app(pid: int) -> bool:
     return False
 
 
-def test_superlink_and_two_supernodes_end_with_the_simulators_model(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """One SuperLink and two SuperNodes, shared by the runs below (each its own Flower run)."""
+    with LocalFederation(tmp_path_factory.mktemp("federation"), clients=2) as fed:
+        yield fed
+
+
+def test_deploy_local_ends_with_the_simulators_model(tmp_path: Path) -> None:
     # Execute: `heronsfl deploy local` on 127.0.0.1, 2 rounds of HERON-SFL, 2 SuperNodes.
     out = tmp_path / "run"
     args = ["--out", str(out), "--round-timeout", "120", "--timeout", "300", "-q"]
@@ -60,19 +67,56 @@ def test_superlink_and_two_supernodes_end_with_the_simulators_model(tmp_path: Pa
     # Assert: the final global model is the in-process simulator's for the same seed.
     sim = Simulation(tiny_config(*OVERRIDES[len(TINY) :]))
     expected = sim.run()
-    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert final["round"] == 2
-    assert final["global_state"].keys() == sim.global_state.keys()
-    for key, value in sim.global_state.items():
-        torch.testing.assert_close(final["global_state"][key], value, msg=key)
+    assert_final_model(out, sim)
     records = read_metrics(out)
     assert algorithm_records(records) == algorithm_records(expected)
     assert [r["deploy/clients"] for r in records] == [[0, 1], [0, 1]]
-    # Serialised Flower bytes sit next to the algorithm's count, a little above it.
+    # The uploads went on the stream, the models on Flower, each a little above its payload.
     last = records[-1]
-    assert last["comm/uplink_bytes"] < last["flower/uplink_bytes"] < 1.2 * last["comm/uplink_bytes"]
+    steps = last["comm/up_activations_bytes"] + last["comm/up_labels_bytes"]
+    assert steps < last["stream/uplink_bytes"] < 1.01 * steps
+    assert last["comm/up_model_bytes"] < last["flower/uplink_bytes"]
+    assert last["flower/uplink_bytes"] < 1.2 * last["comm/up_model_bytes"] + 4096
     # Every daemon and helper is gone.
     assert descendants(os.getpid()) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("algorithm=heron-sfl", "zo.exchange=seeds", "train.server_order=client-by-client"),
+        ("algorithm=sflv2",),
+    ],
+)
+def test_deployed_runs_end_with_the_simulators_model(
+    federation: LocalFederation, tmp_path: Path, overrides: tuple[str, ...]
+) -> None:
+    # Prepare
+    cfg = tiny_config("clients=2", "rounds=2", *overrides)
+    out = tmp_path / "run"
+    app_dir = tmp_path / "app"
+    write_app(app_dir, cfg, DeployOptions(out=str(out), round_timeout_s=120.0))
+    # Execute: one Flower run on the shared SuperLink and SuperNodes.
+    assert federation.run_app(app_dir, 240, echo=False) == 0
+    # Assert
+    sim = Simulation(cfg)
+    expected = sim.run()
+    assert_final_model(out, sim)
+    records = read_metrics(out)
+    assert algorithm_records(records) == algorithm_records(expected)
+    if cfg.algorithm == "sflv2":  # one answer per local step, measured by the clients
+        assert all(r["deploy/step_round_trip_median_ms"] > 0 for r in records)
+
+
+def assert_final_model(out: Path, sim: Simulation) -> None:
+    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert final["round"] == sim.round
+    assert final["global_state"].keys() == sim.global_state.keys()
+    for key, value in sim.global_state.items():
+        assert torch.equal(final["global_state"][key], value), key
+    server = sim.model.server.state_dict()
+    for key, value in final["server_model"].items():
+        assert torch.equal(value, server[key]), key
 
 
 def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(tmp_path: Path) -> None:

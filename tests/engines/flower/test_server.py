@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from heronsfl.engines.flower import codec, deploy
 from heronsfl.engines.flower.protocol import DeployError
 from heronsfl.engines.simulation import Simulation
-from heronsfl.errors import ConfigError, UserError
+from heronsfl.errors import UserError
+from heronsfl.federation import Federation
 from heronsfl.metrics.log import read_metrics
 from tests.conftest import TINY, tiny_config
 from tests.engines.flower.conftest import algorithm_records, assert_same_models, node_configs
@@ -144,12 +146,36 @@ def test_clients_holding_only_their_own_npz_compute_the_same(serve, tmp_path, ca
     assert "client_1.npz" in capsys.readouterr().out
 
 
-def test_a_shared_client_model_algorithm_is_refused(serve) -> None:
-    cfg = tiny_config("algorithm=ho-sfl")
-    with pytest.raises(ConfigError, match="does not support yet"):
-        serve(cfg)
-    with pytest.raises(ConfigError, match="does not support yet"):
-        deploy.main(["app", *TINY, "algorithm=ho-sfl", "--app-dir", "x", "--out", "/x"])
+@pytest.mark.parametrize("clients", [1, 2])
+def test_deployed_ho_sfl_keeps_the_simulators_model(serve, clients: int) -> None:
+    """HO-SFL's deployed clients each hold a copy of the one client model, kept in sync by the
+    scalars on the stream. One client: the simulator's model bit for bit. Two: in the
+    simulator client 1 probes θ after client 0's probes have left their rounding on it
+    (θ + μu − μu), so the models agree to rounding; BatchNorm statistics are each client's."""
+    # Prepare
+    cfg = tiny_config(f"clients={clients}", "algorithm=ho-sfl", "zo.num_probes=2")
+    # Execute
+    server, _ = serve(cfg)
+    sim = Simulation(cfg)
+    expected = sim.run()
+    # Assert
+    init = Federation(cfg).global_state
+    for key, _ in sim.model.client.named_parameters():
+        got, want = server.core.global_state[f"client.{key}"], sim.global_state[f"client.{key}"]
+        moved = float((want - init[f"client.{key}"]).abs().max())
+        assert moved > 0, key  # the clients trained
+        if clients == 1:
+            assert torch.equal(got, want), key
+        else:
+            assert float((got - want).abs().max()) < 1e-2 * moved, key
+    for key, value in sim.model.server.state_dict().items():
+        got = server.core.model.server.state_dict()[key]
+        assert torch.equal(got, value) if clients == 1 else torch.allclose(got, value, atol=1e-5)
+    records = read_metrics(server.opts.out)
+    assert [r["deploy/clients"] for r in records] == [list(range(clients))] * cfg.rounds
+    for got, want in zip(records, expected, strict=True):  # P fp32 scalars each way per step
+        assert got["comm/up_zo_scalars_bytes"] == want["comm/up_zo_scalars_bytes"]
+        assert got["comm/down_zo_scalars_bytes"] == want["comm/down_zo_scalars_bytes"]
 
 
 def test_deploy_app_writes_a_flower_app_with_the_whole_config(tmp_path, capsys) -> None:

@@ -31,19 +31,23 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from torch import Tensor, nn
 
-from heronsfl.algorithms import ALGORITHMS, get_algorithm
+from heronsfl.aggregation import to_wire
+from heronsfl.algorithms import get_algorithm
 from heronsfl.algorithms.base import SplitAlgorithm
+from heronsfl.algorithms.ho_sfl import HOSFL
 from heronsfl.config import RunConfig
 from heronsfl.data.datasets import ArrayDataset
 from heronsfl.engines.client import ClientRun
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.protocol import NodeSettings, RoundRequest
 from heronsfl.engines.simulation import client_partitions, resolve_device
+from heronsfl.engines.stream import wire
 from heronsfl.engines.stream.client import StreamClient
 from heronsfl.engines.stream.link import Certificates
 from heronsfl.errors import ConfigError, DataError
 from heronsfl.messages import ClientResult, Download, Upload
-from heronsfl.state import load_prefixed
+from heronsfl.metrics.comm import CommCounter
+from heronsfl.state import load_prefixed, travelling_state
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
 log = logging.getLogger(__name__)
@@ -70,19 +74,15 @@ def train(msg: Message, context: Context) -> Message:
     return Message(codec.encode_reply(reply), reply_to=msg)
 
 
-def supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> bool:
-    """Every algorithm but a shared-model one (HO-SFL), whose per-step broadcast is not wired."""
-    return not algo.shared_client_model
-
-
 def check_supported(algo: type[SplitAlgorithm] | SplitAlgorithm) -> None:
-    """Refuse what `heronsfl deploy` cannot run yet, naming what it can."""
-    if not supported(algo):
-        ok = ", ".join(name for name, cls in ALGORITHMS.items() if supported(cls))
+    """Every registered algorithm deploys; one that shares a client model must be HO-SFL's
+    kind (its per-step synchronisation is `HOSFL.mean_scalars` / `apply_scalars`)."""
+    if isinstance(algo, SplitAlgorithm):
+        algo = type(algo)
+    if algo.shared_client_model and not issubclass(algo, HOSFL):
         raise ConfigError(
-            f"algorithm {algo.name!r} keeps one client model in sync across clients after every "
-            "local step, which `heronsfl deploy` does not support yet. Run it with "
-            f"`heronsfl run`, or deploy one of: {ok}"
+            f"algorithm {algo.name!r} shares one client model across clients in a way "
+            "`heronsfl deploy` does not know how to synchronise; run it with `heronsfl run`"
         )
 
 
@@ -202,9 +202,47 @@ def _stream_round(
         device,
         server=ask if algo.sends_gradients else None,
         measure=req.measure,
-        sends=sends,
+        sends=set() if algo.shared_client_model else sends,
     )
+    if algo.shared_client_model:  # a copy of the one client model: loaded here, kept in sync
+        load_prefixed({k: m for k, m in modules.items() if k in sends}, req.state)
     for i, up in enumerate(run):
         if up is not None and not algo.sends_gradients:
             link.send(up, i)
-    return dataclasses.replace(run.finished(), round_trips_s=round_trips)
+        if algo.shared_client_model:
+            assert run.client is not None, "the client is mid-round"
+            _synchronize(algo, run, link, i, round_trips)
+    result = run.finished()
+    if algo.shared_client_model:
+        result = dataclasses.replace(result, state=_buffers(algo, modules, result.comm))
+    return dataclasses.replace(result, round_trips_s=round_trips)
+
+
+def _synchronize(
+    algo: SplitAlgorithm, run: ClientRun, link: StreamClient, step: int, trips: list[float]
+) -> None:
+    """HO-SFL's cross-client step on the stream: this client's P scalars up, the server's mean
+    over the clients down, the same update applied to this client's copy as to every other."""
+    c = run.client
+    assert c is not None and isinstance(algo, HOSFL), "a shared-model client mid-round"
+    values = torch.tensor(c.zo_record[-1][1])
+    t = time.perf_counter()
+    mean, _ = link.exchange(wire.Scalars(c.client_id, step, values), step)
+    trips.append(time.perf_counter() - t)
+    if not isinstance(mean, wire.Scalars) or mean.values.shape != values.shape:
+        raise codec.ProtocolError(f"client {c.client_id}: the server answered {mean!r:.80}")
+    algo.apply_scalars(c, mean.values)
+    run.comm.add("up", "zo_scalars", [values])
+    run.comm.add("down", "zo_scalars", [mean.values])
+
+
+def _buffers(
+    algo: SplitAlgorithm, modules: dict[str, nn.Module], comm: CommCounter
+) -> dict[str, Tensor]:
+    """A shared-model client's BatchNorm buffers (its own: each client runs its own forwards),
+    at wire precision: what it sends back besides its scalars."""
+    state = travelling_state({"client": modules["client"]})
+    params = {f"client.{n}" for n, _ in modules["client"].named_parameters()}
+    buffers = to_wire({k: v for k, v in state.items() if k not in params}, algo.wire_dtype)
+    comm.add("up", "model", buffers.values())
+    return buffers

@@ -37,7 +37,8 @@ from flwr.serverapp import Grid, ServerApp
 from torch import Tensor
 
 from heronsfl.algorithms import get_algorithm
-from heronsfl.algorithms.base import ServerState
+from heronsfl.algorithms.base import ClientState, ServerState
+from heronsfl.algorithms.ho_sfl import HOSFL
 from heronsfl.config import RunConfig
 from heronsfl.engines.flower import codec
 from heronsfl.engines.flower.client_app import check_supported
@@ -47,12 +48,14 @@ from heronsfl.engines.flower.protocol import (
     RoundRequest,
     StreamSettings,
 )
+from heronsfl.engines.stream import wire
 from heronsfl.engines.stream.link import Certificates, new_secret
 from heronsfl.engines.stream.server import ClientDropped, StreamServer
 from heronsfl.federation import Federation
 from heronsfl.messages import ClientResult, Upload
 from heronsfl.metrics.log import RunWriter
 from heronsfl.runner import run_rounds
+from heronsfl.state import load_prefixed
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +191,7 @@ class FlowerServer:
         exchange = _Exchange(self.grid, requests, opts.round_timeout_s, stream, core.round)
         exchange.start()
         try:
-            servers = self._serve_stream([c for c in participants if c in requests])
+            servers = self._serve_stream([c for c in participants if c in requests], wire_state)
         finally:
             replies = exchange.join()
         exchange_s = time.perf_counter() - t
@@ -244,16 +247,21 @@ class FlowerServer:
             record["deploy/step_round_trip_p99_ms"] = float(ms[1])
         return record
 
-    def _serve_stream(self, clients: list[int]) -> dict[int, ServerState]:
+    def _serve_stream(
+        self, clients: list[int], wire_state: dict[str, Tensor]
+    ) -> dict[int, ServerState]:
         """The main server's side of the round on the stream, in the simulator's order.
 
         Decoupled algorithms: consume every client's uploads as they arrive (round-robin or
         client by client). Synchronous ones: clients take turns in the algorithm's order, each
-        step answered at once on the client's stream; returns the server state each client's
-        turn used (SFLV1: its own copy), for `client_done` once its result is in.
+        step answered at once on the client's stream; a shared-model one (HO-SFL) steps all
+        clients together. Returns the server state each client used (SFLV1: its own copy), for
+        `client_done` once its result is in.
         """
         core, stream, r = self.core, self.stream, self.core.round
         assert stream is not None, "run() opens the stream server"
+        if core.algo.shared_client_model:
+            return self._serve_shared(clients, wire_state)
         if not core.algo.sends_gradients:
             for cid, _, msg in stream.uploads(r, clients, self.cfg.train.server_order):
                 if isinstance(msg, Upload):
@@ -264,26 +272,76 @@ class FlowerServer:
         servers: dict[int, ServerState] = {}
         for cid in [c for c in core.algo.turn_order(core.participants(), r) if c in clients]:
             server = servers[cid] = core.server_for(cid)
-            while True:
-                try:
-                    got = stream.receive(r, cid)
-                except ClientDropped as e:
-                    log.warning("round %d: %s", r, e)
-                    break
-                if got is None:  # the client's round is over
-                    break
-                msg, step = got
-                if not isinstance(msg, Upload):
-                    stream.give_up(r, cid, f"sent a {type(msg).__name__} frame, not an upload")
-                    break
-                down = core.algo.server_step(server, msg)
-                assert down is not None, "a synchronous server answers every upload"
-                try:
-                    stream.reply(r, cid, down, step)
-                except ClientDropped as e:
-                    log.warning("round %d: %s", r, e)
-                    break
+            while (got := self._receive(cid, Upload, end_ok=True)) is not None:
+                up, step = got
+                self._reply(cid, core.algo.server_step(server, up), step)
         return servers
+
+    def _serve_shared(
+        self, clients: list[int], wire_state: dict[str, Tensor]
+    ) -> dict[int, ServerState]:
+        """HO-SFL: per local step, every client's upload answered (λ) in client order, then
+        the mean of their P scalars sent to each; the server applies the same update to its
+        replica of the client model (the template modules), which `aggregate` reads."""
+        core, r = self.core, self.core.round
+        algo = core.algo
+        assert isinstance(algo, HOSFL), "check_supported admits HO-SFL's kind only"
+        replica = core.averaged()
+        load_prefixed(replica, wire_state)  # what every client loaded
+        state = ClientState(-1, r, replica["client"], None, None)
+        servers = {cid: core.server_for(cid) for cid in clients}
+        active = list(clients)
+        for step in range(self.cfg.train.local_steps):
+            for cid in list(active):
+                if (got := self._receive(cid, Upload)) is None:
+                    active.remove(cid)
+                    continue
+                self._reply(cid, algo.server_step(servers[cid], got[0]), step)
+            scalars: dict[int, Tensor] = {}
+            for cid in list(active):
+                if (got := self._receive(cid, wire.Scalars)) is None:
+                    active.remove(cid)
+                    continue
+                scalars[cid] = got[0].values
+            if not scalars:
+                break
+            mean = algo.mean_scalars(list(scalars.values()))
+            for cid in scalars:
+                self._reply(cid, wire.Scalars(cid, step, mean), step)
+            state.step = step
+            for _ in scalars:  # the simulator's shared model carries every client's probes
+                algo.replay_probes(state)
+            algo.apply_scalars(state, mean)
+        for cid in active:
+            self._receive(cid, Upload, end_ok=True)  # its end frame
+        return servers
+
+    def _receive(self, cid: int, kind: type, end_ok: bool = False) -> tuple[Any, int] | None:
+        """Client `cid`'s next message if it is a `kind`; None when it ended its stream (or,
+        unless `end_ok`, dropped it for ending early), was dropped, or sent something else."""
+        stream, r = self.stream, self.core.round
+        assert stream is not None, "run() opens the stream server"
+        try:
+            got = stream.receive(r, cid)
+        except ClientDropped as e:
+            log.warning("round %d: %s", r, e)
+            return None
+        if got is None:
+            if not end_ok:
+                stream.give_up(r, cid, "ended its stream before its last local step")
+            return None
+        if not isinstance(got[0], kind):
+            stream.give_up(r, cid, f"sent a {type(got[0]).__name__}, not a {kind.__name__}")
+            return None
+        return got
+
+    def _reply(self, cid: int, msg: Any, step: int) -> None:
+        stream, r = self.stream, self.core.round
+        assert stream is not None and msg is not None, "a synchronous server answers every step"
+        try:
+            stream.reply(r, cid, msg, step)
+        except ClientDropped as e:  # the next receive from it says so again, and skips it
+            log.warning("round %d: %s", r, e)
 
     def _own_state(self, cid: int) -> tuple[dict[str, Tensor] | None, str]:
         """What to send of client `cid`'s own modules (None: it holds the newest already), and
