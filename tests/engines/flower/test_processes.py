@@ -76,7 +76,8 @@ def test_deploy_local_ends_with_the_simulators_model(tmp_path: Path) -> None:
     steps = last["comm/up_activations_bytes"] + last["comm/up_labels_bytes"]
     assert steps < last["stream/uplink_bytes"] < 1.01 * steps
     assert last["comm/up_model_bytes"] < last["flower/uplink_bytes"]
-    assert last["flower/uplink_bytes"] < 1.2 * last["comm/up_model_bytes"] + 4096
+    # (the tiny model's 8 tensors cost Flower ~450 B each; test_server.py bounds it exactly)
+    assert last["flower/uplink_bytes"] < 2 * last["comm/up_model_bytes"]
     # Every daemon and helper is gone.
     assert descendants(os.getpid()) == []
 
@@ -86,13 +87,14 @@ def test_deploy_local_ends_with_the_simulators_model(tmp_path: Path) -> None:
     [
         ("algorithm=heron-sfl", "zo.exchange=seeds", "train.server_order=client-by-client"),
         ("algorithm=sflv2",),
+        ("algorithm=ho-sfl", "zo.num_probes=2"),
     ],
 )
 def test_deployed_runs_end_with_the_simulators_model(
     federation: LocalFederation, tmp_path: Path, overrides: tuple[str, ...]
 ) -> None:
-    # Prepare
-    cfg = tiny_config("clients=2", "rounds=2", *overrides)
+    # Prepare: one round (two rounds, and the model exchange between them: the test above).
+    cfg = tiny_config("clients=2", "rounds=1", *overrides)
     out = tmp_path / "run"
     app_dir = tmp_path / "app"
     write_app(app_dir, cfg, DeployOptions(out=str(out), round_timeout_s=120.0))
@@ -101,11 +103,19 @@ def test_deployed_runs_end_with_the_simulators_model(
     # Assert
     sim = Simulation(cfg)
     expected = sim.run()
-    assert_final_model(out, sim)
     records = read_metrics(out)
+    assert sorted(records[0]["deploy/clients"]) == [0, 1]
+    if cfg.algorithm == "ho-sfl":  # equal up to the rounding the simulator's shared probes leave
+        final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+        for key, _ in sim.model.client.named_parameters():
+            got, want = final["global_state"][f"client.{key}"], sim.global_state[f"client.{key}"]
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
+        assert records[-1]["deploy/step_round_trip_median_ms"] > 0
+        return
+    assert_final_model(out, sim)
     assert algorithm_records(records) == algorithm_records(expected)
     if cfg.algorithm == "sflv2":  # one answer per local step, measured by the clients
-        assert all(r["deploy/step_round_trip_median_ms"] > 0 for r in records)
+        assert records[-1]["deploy/step_round_trip_median_ms"] > 0
 
 
 def assert_final_model(out: Path, sim: Simulation) -> None:
@@ -123,26 +133,31 @@ def test_a_supernode_killed_mid_round_is_dropped_and_the_run_completes(tmp_path:
     # Prepare
     cfg = tiny_config(*OVERRIDES[len(TINY) :])
     out = tmp_path / "run"
-    opts = DeployOptions(out=str(out), round_timeout_s=25.0, connect_timeout_s=60.0)
+    opts = DeployOptions(out=str(out), round_timeout_s=150.0, connect_timeout_s=60.0)
     status: dict[str, int] = {}
     with LocalFederation(tmp_path, cfg.clients) as fed:
         app_dir = fed.home / "app"
         write_app(app_dir, cfg, opts)
         runner = threading.Thread(
-            target=lambda: status.update(rc=fed.run_app(app_dir, 240, echo=False)), daemon=True
+            target=lambda: status.update(rc=fed.run_app(app_dir, 400, echo=False)), daemon=True
         )
         runner.start()
         # Execute: once round 1 is done, kill client 1's SuperNode while it trains round 2.
-        assert wait_until(lambda: _rounds_logged(out) >= 1, 150), "round 1 never finished"
-        wait_until(lambda: _runs_client_app(fed.supernodes[1].pid), 20)
+        assert wait_until(lambda: _rounds_logged(out) >= 1, 250), "round 1 never finished"
+        wait_until(lambda: _runs_client_app(fed.supernodes[1].pid), 30)
         fed.kill_supernode(1)
-        runner.join(timeout=200)
+        runner.join(timeout=300)
         assert not runner.is_alive(), "the run hung"
-    # Assert: round 2 went on without client 1 after the timeout, and the run finished.
+    # Assert: round 2 went on without client 1, and the run finished.
     records = read_metrics(out)
     assert [r["deploy/dropped_clients"] for r in records] == [[], [1]]
     assert [r["deploy/clients"] for r in records] == [[0, 1], [0]]
     assert (out / "summary.json").exists()
     assert status["rc"] == 0
-    assert "no reply from client(s) [1]" in (tmp_path / "flower" / "flwr-run.log").read_text()
+    log = (tmp_path / "flower" / "flwr-run.log").read_text()
+    assert "no reply from client(s) [1]" in log
+    # Dropped when its stream broke, or when Flower reported its node gone if it was killed
+    # before it opened the stream: either way well before the round timeout.
+    assert "round 2: client 1 dropped: " in log
+    assert records[1]["deploy/exchange_s"] < opts.round_timeout_s
     assert descendants(os.getpid()) == []

@@ -15,7 +15,8 @@ import torch
 from heronsfl.engines.flower import codec, deploy
 from heronsfl.engines.flower.protocol import DeployError
 from heronsfl.engines.simulation import Simulation
-from heronsfl.errors import UserError
+from heronsfl.engines.stream.certs import local_certificates
+from heronsfl.errors import ConfigError, UserError
 from heronsfl.federation import Federation
 from heronsfl.metrics.log import read_metrics
 from tests.conftest import TINY, tiny_config
@@ -46,6 +47,21 @@ def test_flower_engine_equals_the_simulator(serve, overrides: tuple[str, ...]) -
     assert_same_models(server.core, sim)
     assert algorithm_records(read_metrics(server.opts.out)) == algorithm_records(expected)
     assert (Path(server.opts.out) / "summary.json").exists()
+
+
+def test_the_stream_runs_over_tls_with_the_deploy_certificates(serve, tmp_path) -> None:
+    # Prepare: throwaway certificates for 127.0.0.1, given as the deploy options.
+    certs = local_certificates(tmp_path / "certs")
+    cfg = tiny_config("clients=2", "rounds=1", "algorithm=sflv2")
+    tls = {"stream_ca": str(certs.ca), "stream_cert": str(certs.cert), "stream_key": str(certs.key)}
+    # Execute
+    server, _ = serve(cfg, **tls)
+    sim = Simulation(cfg)
+    sim.run()
+    # Assert: the clients verified the server with the CA they were sent, and computed the same.
+    assert server.settings is not None and "BEGIN CERTIFICATE" in server.settings.ca_pem
+    assert_same_models(server.core, sim)
+    assert read_metrics(server.opts.out)[0]["deploy/clients"] == sim.algo.turn_order([0, 1], 1)
 
 
 def test_serialised_bytes_are_the_payload_plus_a_bounded_overhead(serve) -> None:
@@ -189,6 +205,19 @@ def test_deploy_app_writes_a_flower_app_with_the_whole_config(tmp_path, capsys) 
     assert "flwr run" in capsys.readouterr().out
     with pytest.raises(UserError, match="must be an absolute path"):
         deploy.main(["app", *args, "--out", "relative/run"])
+    # Deploy options are deploy.KEY=VALUE overrides, validated before anything is written.
+    out = [*args, "--out", str(tmp_path / "run"), "--overwrite"]
+    assert deploy.main(["app", "deploy.window=4", "deploy.stream_timeout_s=9", *out]) == 0
+    text = (tmp_path / "app" / "pyproject.toml").read_text()
+    assert "\nwindow = 4\n" in text and "\nstream_timeout_s = 9.0\n" in text
+    for bad, message in [
+        ("deploy.window=0", "deploy.window = 0 must be >= 1"),
+        ("deploy.window=two", "must be a int"),
+        ("deploy.windows=2", "unknown deploy option 'deploy.windows'"),
+        ("deploy.stream_cert=/x.pem", "go together"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            deploy.main(["app", bad, *out])
 
 
 def test_only_own_modules_persist_on_a_node_and_travel_only_when_new(serve, monkeypatch) -> None:

@@ -1,9 +1,11 @@
 """The Flower ClientApp: one SuperNode = one client, on its own data only.
 
-Per round the SuperNode receives one `train` message (the global client + aux state and the
-round's indices), runs the client's h local steps with the same `ClientRun` the simulator uses,
-and replies once with its state, its activation uploads and its losses. A `query` message is the
-handshake in which the server learns which client (partition) a SuperNode holds.
+Per round the SuperNode receives one `train` message (the global client + aux state, the
+round's indices and where the main server's per-step stream is), opens its stream, runs the
+client's h local steps with the same `ClientRun` the simulator uses, sending each step's upload
+as it is produced (or waiting for the server's answer to a synchronous step), closes the stream
+and replies once with its state and its losses. A `query` message is the handshake in which the
+server learns which client (partition) a SuperNode holds.
 
 Data: a SuperNode loads the training split (from data.root, or its own `data-root`), keeps only
 its partition and drops the rest before training; with `data-path` it loads an .npz that holds

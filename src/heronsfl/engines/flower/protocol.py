@@ -1,9 +1,9 @@
 """What the Flower engine exchanges and how it is set up, as plain dataclasses (no Flower types).
 
 One round is one request/reply per participating client: the server sends a `RoundRequest`
-(the global client + aux state at wire precision and the round's indices); the client runs its
-h local steps and answers with its `messages.ClientResult` (its state or exchange, its activation
-uploads, its losses, its byte counts).
+(the global client + aux state at wire precision, the round's indices and the per-step stream's
+`StreamSettings`); the client runs its h local steps, each step's traffic on the stream, and
+answers with its `messages.ClientResult` (its state or exchange, its losses, its byte counts).
 `engines/flower/codec.py` maps these to and from Flower records; nothing else sees Flower keys.
 """
 

@@ -1,15 +1,19 @@
 """The Flower ServerApp: main server and Fed-Server in one process, SuperNodes as clients.
 
-A round is one message exchange per participating client (only the ServerApp can send):
-1. The federation core's `begin_round` gives the global client (+ aux) state at wire precision; each
-   participant's SuperNode gets it in a `train` message (`codec.encode_request`).
-2. Each client runs its h local steps on its own data and replies once with its
-   `ClientResult`: its state, its activation uploads and its losses (`client_app.client_round`).
-3. With every reply in (or `deploy.round_timeout_s` over), the main server takes its FO steps on
-   the uploads in the simulator's order (round-robin: step 0 of every client in client order,
-   then step 1, ...; or client by client), and the core's `end_round` aggregates and evaluates.
-   Clients that did not reply are left out of the round and logged.
-Since the clients never hear from the server during a round, this computes exactly what the
+A round has two planes (only the ServerApp can send on Flower; each client opens its stream):
+1. The federation core's `begin_round` gives the global client (+ aux) state at wire precision;
+   each participant's SuperNode gets it in a `train` message (`codec.encode_request`), with the
+   address and secret of the main server's per-step stream (engines/stream/).
+2. Each client runs its h local steps on its own data (`client_app.client_round`), sending each
+   step's upload on its stream as it is produced; the main server takes its FO steps on them as
+   they arrive, in the simulator's order (round-robin or client by client), or answers each
+   step at once (synchronous algorithms, in their turn order; HO-SFL's λ and mean scalars).
+   The round's Flower exchange runs meanwhile in a background thread; each client replies once,
+   at the end of its round, with its `ClientResult` (its state and losses; no uploads).
+3. The core's `end_round` aggregates and evaluates. Clients that dropped (stream broken or
+   silent past `deploy.stream_timeout_s`, an error reply, no reply within
+   `deploy.round_timeout_s`) are left out of the round and logged.
+The server consumes exactly the simulator's sequence of uploads, so this computes what the
 in-process simulator computes for the same seed.
 
 The rounds run in the round loop of `heronsfl run` (runner.run_rounds), so the server writes the
