@@ -196,8 +196,12 @@ class FlowerServer:
         exchange.start()
         try:
             servers = self._serve_stream([c for c in participants if c in requests], wire_state)
-        finally:
-            replies = exchange.join()
+        except BaseException:  # e.g. a diverged server step: stop waiting for anyone, then raise
+            for cid in requests:
+                stream.give_up(core.round, cid, "the server's round failed")
+            exchange.join(_PULL_S * 4)
+            raise
+        replies = exchange.join()
         exchange_s = time.perf_counter() - t
         arrived = self._accept(replies, {clients[c]: c for c in requests})
         on_stream = stream.dropped.get(core.round, {})
@@ -512,7 +516,7 @@ class _Exchange(threading.Thread):
 
     def join(self, timeout: float | None = None) -> list[Message]:  # type: ignore[override]
         super().join(timeout)
-        if self.error is not None:
+        if self.error is not None and timeout is None:
             raise self.error
         return self.replies
 
