@@ -438,6 +438,9 @@ def cmd_local(ns: argparse.Namespace) -> int:
                     EmulatedLinks(cfg.clients, ns.uplink_mbit, ns.downlink_mbit, logs / "links.txt")
                 )
             fed = stack.enter_context(LocalFederation(out, cfg.clients, ns.port, logs, links))
+            if links is not None and opts.stream_listen == DeployOptions.stream_listen:
+                # The per-step stream goes over the emulated links too, like the SuperLink.
+                opts = replace(opts, stream_listen=f"{links.host}:0")
             app_dir = fed.home / "app"
             write_app(app_dir, cfg, opts)
             log.warning(
