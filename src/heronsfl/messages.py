@@ -66,6 +66,9 @@ class ClientResult:
     losses: list[float]
     comm: CommCounter  # the client's own count of what it received and sent, by kind
     step_cost: StepCost | None = None
-    # A decoupled client's activation uploads, when the engine batches them into the reply
-    # (Flower); the simulator's server consumes them during the round and leaves this empty.
+    # A decoupled client's activation uploads, for an engine that batches them into the reply
+    # (the codec can carry them); the simulator and the Flower engine consume them during the
+    # round (Flower: on the per-step stream) and leave this empty.
     uploads: list[Upload] = field(default_factory=list)
+    # A networked synchronous client's wait for each server answer (send to answer, seconds).
+    round_trips_s: list[float] = field(default_factory=list)

@@ -6,10 +6,15 @@ and a Flower client can rebuild exactly the stream the simulator would use.
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import numpy as np
 import torch
+
+# Held while a model is initialised from the (process-wide) global RNG, which `fork_rng` +
+# `manual_seed` reseed: two threads building models at once would draw from each other's stream.
+INIT_LOCK = threading.RLock()
 
 
 def _key(part: int | str) -> int:

@@ -31,7 +31,7 @@ from heronsfl.models.split import (
     kaiming_init,
     split_stages,
 )
-from heronsfl.rng import derive_seed, generator
+from heronsfl.rng import INIT_LOCK, derive_seed, generator
 from heronsfl.task import Split, Task
 
 __all__ = [
@@ -120,6 +120,7 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False
 
     Initialisation draws from a forked global RNG seeded from the seed tree, so building a model
     never disturbs the caller's random state and the same seed always gives the same weights.
+    The global RNG is the process's: one build at a time (clients served by threads).
     """
     task = get_task(cfg.task)
     if task.build is not None:
@@ -127,7 +128,7 @@ def build_split_model(cfg: RunConfig, with_aux: bool = True, whole: bool = False
             raise ConfigError(f"task {task.name!r} has no whole-model variant (fedavg, mezo) yet")
         return _frozen(cfg, task.build(cfg, with_aux))
     assert task.stages is not None, f"task {task.name!r} has neither stages nor build"
-    with torch.random.fork_rng(devices=[]):
+    with INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         stages = task.stages(
             task.num_classes, cfg.model.width or task.default_width, cfg.model.stem

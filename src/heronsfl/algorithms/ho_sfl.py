@@ -17,8 +17,9 @@ sparse, sparse-magnitude, block); the lazy V of lowrank directions is shared by 
 for zo.v_every steps. The update stays the paper's plain step (client_optim.name is not used).
 
 Deviations from the paper:
-- BatchNorm running statistics are local to each client in a deployment; the simulator keeps
-  the shared client model's, updated by every client's unperturbed forward in turn (not sent).
+- BatchNorm running statistics are local to each client in a deployment (each client sends its
+  buffers at the end of the round, averaged by `aggregate`); the simulator keeps the shared
+  client model's, updated by every client's unperturbed forward in turn (not sent).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from heronsfl.aggregation import WeightedAverage
 from heronsfl.algorithms.base import ClientState, FedRound, SplitAlgorithm, shared_state
 from heronsfl.messages import Batch, ClientResult, Download, Upload
 from heronsfl.metrics.comm import CommCounter
@@ -103,20 +105,51 @@ class HOSFL(SplitAlgorithm):
         The clients share one model here, so the update is applied once. Each client sends its
         P scalars and receives the P averages v̄ (fp32), counted in its `comms`.
         """
-        c0 = clients[0]
-        mean = torch.tensor([c.zo_record[-1][1] for c in clients], dtype=torch.float32).mean(0)
-        params, mu, lr = c0.trainable(), self.cfg.zo.mu, self.cfg.client_optim.lr
-        p_count = len(mean)
-        dirs = self.directions(params, c0.round, c0.step)
-        for seed, v in zip(self.probe_seeds(c0.round, c0.step), mean.tolist(), strict=True):
-            dirs.perturb_(seed, -lr * v / (p_count * mu))
+        mean = self.mean_scalars([torch.tensor(c.zo_record[-1][1]) for c in clients])
+        self.apply_scalars(clients[0], mean)
         for c, comm in zip(clients, comms, strict=True):
             comm.add("up", "zo_scalars", [torch.tensor(c.zo_record[-1][1])])
             comm.add("down", "zo_scalars", [mean])
 
+    @staticmethod
+    def mean_scalars(scalars: Sequence[Tensor]) -> Tensor:
+        """The server's half of the step: v̄ = the mean of the clients' (P,) scalars, fp32."""
+        return torch.stack([v.to(torch.float32) for v in scalars]).mean(0)
+
+    @torch.no_grad()
+    def replay_probes(self, c: ClientState) -> None:
+        """What one client's probes leave on θ: each +μu_p, −μu_p pair, without the forwards.
+        Exact in real numbers, not in floating point; a replica of the shared model (the
+        deployed server's) replays every client's probes to stay the simulator's model."""
+        dirs, mu = self.directions(c.trainable(), c.round, c.step), self.cfg.zo.mu
+        for seed in self.probe_seeds(c.round, c.step):
+            dirs.perturb_(seed, mu)
+            dirs.perturb_(seed, -mu)
+
+    @torch.no_grad()
+    def apply_scalars(self, c: ClientState, mean: Tensor) -> None:
+        """The clients' half: θ ← θ − η/(Pμ) Σ_p v̄_p u_p for local step `c.step` (in a
+        deployment every client applies it to its own copy, and the server to its replica)."""
+        params, mu, lr = c.trainable(), self.cfg.zo.mu, self.cfg.client_optim.lr
+        p_count = len(mean)
+        dirs = self.directions(params, c.round, c.step)
+        for seed, v in zip(self.probe_seeds(c.round, c.step), mean.tolist(), strict=True):
+            dirs.perturb_(seed, -lr * v / (p_count * mu))
+
     def aggregate(self, fed: FedRound, results: Sequence[ClientResult]) -> dict[str, Tensor]:
-        """No parameters travel: the new global state is the shared model the clients trained."""
-        return shared_state(fed.modules)
+        """No parameters travel: the new global state is the shared model the clients trained.
+
+        Deployed clients each hold their own copy, so their BatchNorm buffers differ; they send
+        those (and only those) at the end of the round, and the buffers are averaged here.
+        """
+        state = shared_state(fed.modules)
+        sent = [result for result in results if result.state]
+        if sent:
+            avg = WeightedAverage()
+            for result in sent:
+                avg.add(result.state, self.weight(result))
+            state.update(avg.result(like={k: state[k] for k in sent[0].state}))
+        return state
 
     def model_bytes_per_round(self, averaged: dict[str, nn.Module]) -> tuple[int, int]:
         # No parameters travel: P fp32 scalars up and P down per local step.

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from heronsfl.aggregation import to_wire
-from heronsfl.algorithms.base import ClientState, ServerState, SplitAlgorithm
+from heronsfl.algorithms.base import ClientState, SplitAlgorithm
 from heronsfl.data.datasets import ArrayDataset
 from heronsfl.data.sampler import round_batches
-from heronsfl.engines.step import local_step, measure_local_step
+from heronsfl.engines.step import Server, local_step, measure_local_step
 from heronsfl.messages import Batch, ClientResult, StepCost, Upload
 from heronsfl.metrics.comm import CommCounter
 from heronsfl.progress import RoundProgress
@@ -41,7 +41,7 @@ class ClientRun:
     iteration ends, `result` holds the typed `ClientResult` it hands the Fed-Server: what it
     sends back (built by the algorithm's `client_payload`), its local losses, the bytes it
     sent and received and the measured step, if any. A synchronous algorithm needs the main
-    server in the same process (`server`).
+    server: its state in the same process, or a function that asks a remote one (`server`).
     """
 
     def __init__(
@@ -55,7 +55,7 @@ class ClientRun:
         modules: dict[str, nn.Module],
         wire_state: dict[str, Tensor],
         device: torch.device,
-        server: ServerState | None = None,
+        server: Server | None = None,
         measure: bool = False,
         sends: set[str] | None = None,
         progress: RoundProgress | None = None,

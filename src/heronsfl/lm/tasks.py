@@ -39,7 +39,7 @@ from heronsfl.lm.e2e import (
     load_e2e,
     pad_id_of,
 )
-from heronsfl.rng import derive_seed
+from heronsfl.rng import INIT_LOCK, derive_seed
 from heronsfl.task import Task
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def build(preset: LMPreset, cfg: RunConfig, with_aux: bool) -> Any:
     own_arch = preset.arch is not None and not cfg.model.name
     # Random base weights and LoRA's A matrices draw from a forked global RNG seeded from the
     # seed tree (as build_split_model does): the same seed always gives the same model.
-    with torch.random.fork_rng(devices=[]):
+    with INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = load_causal_lm(
             source,

@@ -1,11 +1,15 @@
 """An in-process Flower Grid for fast tests: each node runs the ClientApp with its own Context.
 
 Messages cross a simulated network: the sender's message is deflated into Flower's objects and
-the receiver inflates it from those bytes, as a SuperLink would relay it. No processes, no ports.
+the receiver inflates it from those bytes, as a SuperLink would relay it. No Flower processes;
+each node handles its message in its own thread, as SuperNodes run at the same time (their
+per-step streams are real gRPC streams on 127.0.0.1).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -54,6 +58,7 @@ class LocalGrid(Grid):
         self.exchanges: list[tuple[str, list[int]]] = []
         self._run = Run.create_empty(1)
         self._replies: dict[str, Message] = {}
+        self._lock = threading.Lock()
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -91,17 +96,30 @@ class LocalGrid(Grid):
             ids.append(received.metadata.message_id)
             if node in self.offline or (node in self.silent and kind == "train"):
                 continue
-            try:
-                reply = self.app(received, self.contexts[node])
-            except Exception as e:  # the SuperNode turns a ClientApp exception into an error reply
-                reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=received)
-            self._replies[received.metadata.message_id] = transmit(reply)
+            threading.Thread(target=self._handle, args=(received, node), daemon=True).start()
         return ids
 
+    def _handle(self, received: Message, node: int) -> None:
+        try:
+            reply = self.app(received, self.contexts[node])
+        except Exception as e:  # the SuperNode turns a ClientApp exception into an error reply
+            reply = Message(Error(code=0, reason=f"{type(e).__name__}: {e}"), reply_to=received)
+        with self._lock:
+            self._replies[received.metadata.message_id] = transmit(reply)
+
     def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+        with self._lock:
+            return [self._replies.pop(i) for i in message_ids if i in self._replies]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        waiting = set(self.push_messages(messages))
+        deadline = time.monotonic() + (timeout if timeout is not None else 60.0)
+        replies: list[Message] = []
+        while waiting and time.monotonic() < deadline:
+            got = self.pull_messages(waiting)
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            time.sleep(0.01)
+        return replies

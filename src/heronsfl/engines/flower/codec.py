@@ -27,7 +27,12 @@ from torch import Tensor
 
 from heronsfl import __version__
 from heronsfl.config import RunConfig, to_dict
-from heronsfl.engines.flower.protocol import DeployOptions, NodeSettings, RoundRequest
+from heronsfl.engines.flower.protocol import (
+    DeployOptions,
+    NodeSettings,
+    RoundRequest,
+    StreamSettings,
+)
 from heronsfl.errors import ConfigError
 from heronsfl.messages import ClientResult, StepCost, Upload
 from heronsfl.metrics.comm import CommCounter
@@ -47,6 +52,7 @@ _STATE = "heronsfl.state"  # ArrayRecord: the client's state after its round
 _UPLOADS = "heronsfl.uploads"  # ArrayRecord: activations.{i}, labels.{i}
 _EXCHANGE = "heronsfl.exchange"  # ArrayRecord: the algorithm's exchange (seeds, scalars)
 _HELLO = "heronsfl.hello"  # ConfigRecord: partition_id
+_STREAM = "heronsfl.stream"  # ConfigRecord: the per-step stream's address, secret, window, CA
 
 # Node config keys (flower-supernode --node-config "partition-id=0 num-partitions=5").
 PARTITION_ID = "partition-id"
@@ -160,6 +166,8 @@ def encode_request(req: RoundRequest) -> RecordDict:
     }
     if req.personal is not None:
         records[_PERSONAL] = state_to_record(req.personal)
+    if req.stream is not None:
+        records[_STREAM] = ConfigRecord(dataclasses.asdict(req.stream))
     return RecordDict(records)
 
 
@@ -169,12 +177,23 @@ def decode_request(content: RecordDict) -> RoundRequest:
     personal = None
     if _PERSONAL in content:
         personal = record_to_state(_get(content, _PERSONAL, ArrayRecord, what), "own state")
+    stream = None
+    if _STREAM in content:
+        rec = _get(content, _STREAM, ConfigRecord, what)
+        stream = StreamSettings(
+            address=_scalar(rec, "address", str, what),
+            secret=_scalar(rec, "secret", str, what),
+            window=_scalar(rec, "window", int, what),
+            timeout_s=_scalar(rec, "timeout_s", float, what),
+            ca_pem=_scalar(rec, "ca_pem", str, what),
+        )
     return RoundRequest(
         round=_scalar(meta, "round", int, what),
         client_id=_scalar(meta, "client_id", int, what),
         measure=_scalar(meta, "measure", bool, what),
         state=record_to_state(_get(content, _GLOBAL, ArrayRecord, what), "global state"),
         personal=personal,
+        stream=stream,
     )
 
 
@@ -206,6 +225,8 @@ def encode_reply(rep: ClientResult) -> RecordDict:
     }
     if rep.step_cost is not None:
         meta["step_cost"] = [int(v) for v in dataclasses.astuple(rep.step_cost)]
+    if rep.round_trips_s:
+        meta["round_trips_s"] = [float(v) for v in rep.round_trips_s]
     records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
         _RESULT: ConfigRecord(meta),
         _STATE: state_to_record(rep.state),
@@ -229,6 +250,11 @@ def decode_reply(content: RecordDict) -> ClientResult:
         if len(values) != len(dataclasses.fields(StepCost)):
             raise ProtocolError(f"{what}: step_cost has {len(values)} values")
         step_cost = StepCost(*(int(v) for v in values))
+    round_trips = []
+    if "round_trips_s" in meta:
+        round_trips = _scalar(meta, "round_trips_s", list, what)
+        if not all(isinstance(v, float) for v in round_trips):
+            raise ProtocolError(f"{what}: round_trips_s must be floats")
     records = _get(content, _UPLOADS, ArrayRecord, what)
     uploads = []
     for i in range(_scalar(meta, "uploads", int, what)):
@@ -260,6 +286,7 @@ def decode_reply(content: RecordDict) -> ClientResult:
         comm=comm,
         step_cost=step_cost,
         uploads=uploads,
+        round_trips_s=list(round_trips),
     )
 
 

@@ -28,10 +28,11 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -328,18 +329,50 @@ class LocalFederation:
 
 def _config(args: list[str]) -> RunConfig:
     config, overrides = split_config_args(args)
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, [o for o in overrides if not o.startswith(_DEPLOY_PREFIX)])
     check_supported(get_algorithm(cfg.algorithm))
     return cfg
 
 
+_DEPLOY_PREFIX = "deploy."
+
+
+def _deploy_overrides(args: list[str]) -> dict[str, Any]:
+    """`deploy.KEY=VALUE` overrides (e.g. deploy.window=4), typed by DeployOptions' fields."""
+    hints = typing.get_type_hints(DeployOptions)
+    out: dict[str, Any] = {}
+    problems = []
+    for arg in args:
+        if not arg.startswith(_DEPLOY_PREFIX) or "=" not in arg:
+            continue
+        key, value = arg[len(_DEPLOY_PREFIX) :].split("=", 1)
+        typ = hints.get(key)
+        if typ is None or key == "out":
+            problems.append(f"unknown deploy option {arg.split('=')[0]!r}; known: {_keys()}")
+            continue
+        try:
+            out[key] = value.lower() in ("1", "true") if typ is bool else typ(value)
+        except ValueError:
+            problems.append(f"{_DEPLOY_PREFIX}{key} = {value!r} must be a {typ.__name__}")
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _keys() -> str:
+    return ", ".join(f"{_DEPLOY_PREFIX}{k}" for k in DeployOptions.keys() if k != "out")
+
+
 def _options(ns: argparse.Namespace, out: Path) -> DeployOptions:
     return DeployOptions(
-        out=str(out),
-        round_timeout_s=ns.round_timeout,
-        min_clients=ns.min_clients,
-        connect_timeout_s=ns.connect_timeout,
-        overwrite=ns.overwrite,
+        **{
+            "out": str(out),
+            "round_timeout_s": ns.round_timeout,
+            "min_clients": ns.min_clients,
+            "connect_timeout_s": ns.connect_timeout,
+            "overwrite": ns.overwrite,
+            **_deploy_overrides(ns.args),
+        }
     )
 
 
@@ -405,6 +438,9 @@ def cmd_local(ns: argparse.Namespace) -> int:
                     EmulatedLinks(cfg.clients, ns.uplink_mbit, ns.downlink_mbit, logs / "links.txt")
                 )
             fed = stack.enter_context(LocalFederation(out, cfg.clients, ns.port, logs, links))
+            if links is not None and opts.stream_listen == DeployOptions.stream_listen:
+                # The per-step stream goes over the emulated links too, like the SuperLink.
+                opts = replace(opts, stream_listen=f"{links.host}:0")
             app_dir = fed.home / "app"
             write_app(app_dir, cfg, opts)
             log.warning(

@@ -1,10 +1,11 @@
 """The data plane of a deployment: one stream per client for a round's per-step traffic.
 
-On Flower a round is one message exchange per client, so a deployed client holds its whole
-round of uploads, the main server holds every client's round, and an algorithm that needs one
-server answer per local step (SFLV1, SFLV2, SplitLoRA, HO-SFL) pays a full Flower exchange per
-step. This package is the transport that removes those costs; Flower keeps the control plane
-(membership, starting rounds, the model exchange, node authentication).
+With a round as one Flower message exchange per client, a deployed client would hold its whole
+round of uploads, the main server every client's round, and an algorithm that needs one server
+answer per local step (SFLV1, SFLV2, SplitLoRA, HO-SFL) would pay a full Flower exchange per
+step. `heronsfl deploy` therefore sends each step's traffic on this stream (see
+engines/flower/server_app.py and client_app.py); Flower keeps the control plane (membership,
+starting rounds, the model exchange, node authentication).
 
 - A client dials out to the main server (as Flower's SuperNodes do) and opens one bidirectional
   stream per round: uploads (activations + labels, or HO-SFL's scalars) go up as they are

@@ -45,7 +45,7 @@ class Certificates:
     The server certificate must name the address clients dial (e.g. IP:127.0.0.1).
     """
 
-    ca: Path
+    ca: Path | bytes  # a file, or its PEM bytes (as a client received them from the server)
     cert: Path | None = None  # server only
     key: Path | None = None  # server only
 
@@ -56,4 +56,5 @@ class Certificates:
         return grpc.ssl_server_credentials([pair])
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+        pem = self.ca if isinstance(self.ca, bytes) else self.ca.read_bytes()
+        return grpc.ssl_channel_credentials(root_certificates=pem)

@@ -116,9 +116,12 @@ class StreamServer:
         self.tls = certificates is not None
         self.dropped: dict[int, dict[int, str]] = {}  # round -> client id -> reason
         self.frames_received = 0  # frames pulled off admitted streams (before decoding)
+        self.bytes_received = 0  # their bytes (frames as sent: headers + tensor bytes)
+        self.bytes_sent = 0  # bytes of the answers queued for the clients
         self.refused = 0  # calls refused by the secret check
         self.peak_held_bytes = 0  # most bytes of unconsumed messages held at once, all clients
         self._links: dict[tuple[int, int], _Link] = {}
+        self._given_up: dict[tuple[int, int], str] = {}  # clients not to wait for, and why
         self._cond = threading.Condition()
         self._held_total = 0
         handler = grpc.method_handlers_generic_handler(
@@ -193,7 +196,22 @@ class StreamServer:
         link = self._links.get((round_idx, client_id))
         if link is None or link.dropped.is_set():
             raise ClientDropped(client_id, link.reason if link else "never connected")
-        link.outbox.put(wire.encode(msg, step))
+        frame = wire.encode(msg, step)
+        with self._cond:
+            self.bytes_sent += len(frame)
+        link.outbox.put(frame)
+
+    def give_up(self, round_idx: int, client_id: int, reason: str) -> None:
+        """Stop waiting for a client in this round (the control plane knows it has failed):
+        it is dropped with `reason`, whether or not it has opened its stream."""
+        with self._cond:
+            link = self._links.get((round_idx, client_id))
+            if link is None:
+                self._given_up[(round_idx, client_id)] = reason
+                self.dropped.setdefault(round_idx, {})[client_id] = reason
+                self._cond.notify_all()
+                return
+        self._drop(link, reason)
 
     def uploads(
         self, round_idx: int, clients: Sequence[int], order: Order = "round-robin"
@@ -217,6 +235,9 @@ class StreamServer:
 
     def end_round(self, round_idx: int) -> None:
         """Release the round's streams (a client still sending is cut off)."""
+        with self._cond:
+            for key in [k for k in self._given_up if k[0] == round_idx]:
+                del self._given_up[key]
         for (r, _), link in list(self._links.items()):
             if r == round_idx:
                 self._drop(link, "round ended", record=False)
@@ -239,6 +260,8 @@ class StreamServer:
         deadline = time.monotonic() + self.timeout_s
         with self._cond:
             while (link := self._links.get((round_idx, client_id))) is None:
+                if (reason := self._given_up.get((round_idx, client_id))) is not None:
+                    raise ClientDropped(client_id, reason)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     reason = f"did not open its stream within {self.timeout_s:g} s"
@@ -306,6 +329,7 @@ class StreamServer:
                     return
                 with self._cond:
                     self.frames_received += 1
+                    self.bytes_received += len(frame)
                 msg, step = wire.decode(frame)
                 if msg.client_id != link.client_id:
                     raise wire.FrameError(
