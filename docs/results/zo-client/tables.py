@@ -1,0 +1,171 @@
+"""The tables of docs/results/zo-client.md, from the committed run records next to this file.
+
+    python docs/results/zo-client/tables.py
+
+Digits: every option's final-round aux and global accuracy over seeds 0-2 (mean, sample standard
+deviation), against its own frozen-client control at the same seeds; the difference is paired by
+seed (option minus control, then mean and standard deviation of the three differences).
+CIFAR-10: each shortened run's per-round records side by side.
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+# (label, sweep folder, run-name filter, control: (sweep folder, filter) or None)
+DIGITS = [
+    ("dense ZO-SGD 1e-3 (HERON-SFL, digits.md's best)", "baselines", {}, ("baselines", {})),
+    ("dense ZO-Adam 1e-2 (demo preset)", "adam", {}, ("adam", {})),
+    ("lowrank r=1, ZO-SGD 1e-3", "perturbations", {"zo.perturbation": "lowrank"}, "same"),
+    ("sparse 0.1, ZO-SGD 1e-3", "perturbations", {"zo.perturbation": "sparse"}, "same"),
+    (
+        "sparse-magnitude 0.1, ZO-SGD 1e-3",
+        "perturbations",
+        {"zo.perturbation": "sparse-magnitude"},
+        "same",
+    ),
+    ("block (4), ZO-SGD 1e-3", "perturbations", {"zo.perturbation": "block"}, "same"),
+    (
+        "dense ZO-SGD momentum 0.9, lr 1e-4",
+        "optimizers",
+        {"zo.perturbation": "dense", "client_optim.lr": "0.0001"},
+        "same",
+    ),
+    (
+        "dense ZO-SGD momentum 0.9, lr 1e-3",
+        "optimizers",
+        {"zo.perturbation": "dense", "client_optim.lr": "0.001"},
+        "same",
+    ),
+    (
+        "LOZO-M (lowrank r=1, momentum 0.9), lr 1e-4",
+        "optimizers",
+        {"zo.perturbation": "lowrank", "client_optim.lr": "0.0001"},
+        "same",
+    ),
+    (
+        "LOZO-M (lowrank r=1, momentum 0.9), lr 1e-3",
+        "optimizers",
+        {"zo.perturbation": "lowrank", "client_optim.lr": "0.001"},
+        "same",
+    ),
+    ("ZO-SignSGD lr 1e-4", "signsgd", {"client_optim.lr": "0.0001"}, "same"),
+    ("ZO-SignSGD lr 1e-3", "signsgd", {"client_optim.lr": "0.001"}, "same"),
+    ("q=4 one-sided probes, ZO-SGD 1e-3", "probes", {"zo.estimator": "one-sided"}, "same"),
+    ("q=4 antithetic pairs (central), ZO-SGD 1e-3", "probes", {"zo.estimator": "central"}, "same"),
+    ("hybrid: dense ZO-SGD 1e-3 client, FO aux Adam 1e-2", "hybrid", {}, ("hybrid", {})),
+    (
+        "hybrid + lowrank r=1",
+        "hybrid_structured",
+        {"zo.perturbation": "lowrank"},
+        ("hybrid", {}),
+    ),
+    ("hybrid + sparse 0.1", "hybrid_structured", {"zo.perturbation": "sparse"}, ("hybrid", {})),
+    (
+        "hybrid + sparse-magnitude 0.1",
+        "hybrid_structured",
+        {"zo.perturbation": "sparse-magnitude"},
+        ("hybrid", {}),
+    ),
+    ("hybrid + block (4)", "hybrid_structured", {"zo.perturbation": "block"}, ("hybrid", {})),
+    ("cse-fsl (FO client + aux, Adam 1e-2)", "cse_fsl", {}, None),
+]
+SEEDS = ("0", "1", "2")
+
+
+def _name(run: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in run.split(","))
+
+
+def _final(path: Path) -> dict:
+    return json.loads(path.read_text().splitlines()[-1])
+
+
+def _runs(sweep: str, match: dict[str, str], frozen: bool | None) -> dict[str, dict]:
+    """Final-round record per seed of the runs in `sweep` whose names carry `match`."""
+    out = {}
+    for metrics in sorted((HERE / "digits" / sweep).glob("*/metrics.jsonl")):
+        keys = _name(metrics.parent.name)
+        if any(keys.get(k) != v for k, v in match.items()):
+            continue
+        if frozen is not None and keys.get("model.freeze_client", "false") != str(frozen).lower():
+            continue
+        out[keys["seed"]] = _final(metrics)
+    return out
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def _dms(values: list[float]) -> str:
+    if not values:
+        return ""
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):+.3f} ± {sd:.3f}"
+
+
+def digits() -> str:
+    rows = [
+        "| client option | seeds | aux acc | frozen aux acc | Δ aux (paired) | test acc "
+        "| frozen test acc | Δ test (paired) | Δ local loss (paired) | peak mem (KB) "
+        "| MACs/step (M) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, sweep, match, control in DIGITS:
+        runs = _runs(sweep, match, False if control else None)
+        if control == "same":
+            control = (sweep, match)
+        ctrl = _runs(control[0], control[1], True) if control else {}
+        seeds = [s for s in SEEDS if s in runs]
+        if not seeds:
+            rows.append(f"| {label} | 0 | (not run) | | | | | | | | |")
+            continue
+        paired = [s for s in seeds if s in ctrl]
+        aux = [runs[s]["aux/accuracy"] for s in seeds]
+        test = [runs[s]["test/accuracy"] for s in seeds]
+        c_aux = [ctrl[s]["aux/accuracy"] for s in paired]
+        c_test = [ctrl[s]["test/accuracy"] for s in paired]
+        d_aux = [runs[s]["aux/accuracy"] - ctrl[s]["aux/accuracy"] for s in paired]
+        d_test = [runs[s]["test/accuracy"] - ctrl[s]["test/accuracy"] for s in paired]
+        d_loss = [runs[s]["train/client_loss"] - ctrl[s]["train/client_loss"] for s in paired]
+        first = runs[seeds[0]]
+        rows.append(
+            f"| {label} | {len(seeds)} | {_ms(aux)} | {_ms(c_aux) if control else ''} "
+            f"| {_dms(d_aux)} | {_ms(test)} | {_ms(c_test) if control else ''} "
+            f"| {_dms(d_test)} | {_dms(d_loss)} | {first['client/peak_mem_bytes'] / 1e3:.1f} "
+            f"| {first['client/macs_per_step'] / 1e6:.3f} |"
+        )
+    return "\n".join(rows)
+
+
+def cifar() -> str:
+    rows = [
+        "| run | round | test acc | aux acc | client loss | server loss | peak mem (MB) "
+        "| MACs/step (G) | round s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for metrics in sorted((HERE / "cifar10").glob("*/metrics.jsonl")):
+        for line in metrics.read_text().splitlines():
+            r = json.loads(line)
+            aux = r.get("aux/accuracy")
+            rows.append(
+                f"| {metrics.parent.name} | {r['round']} | {r['test/accuracy']:.4f} "
+                f"| {'' if aux is None else f'{aux:.4f}'} "
+                f"| {r.get('train/client_loss', float('nan')):.4f} "
+                f"| {r['train/server_loss']:.4f} | {r['client/peak_mem_bytes'] / 1e6:.1f} "
+                f"| {r['client/macs_per_step'] / 1e9:.2f} | {r['round_s']:.0f} |"
+            )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print("## Digits, round 20\n")
+    print(digits())
+    print("\n## CIFAR-10, shortened\n")
+    print(cifar())
