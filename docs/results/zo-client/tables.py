@@ -5,7 +5,8 @@
 Digits: every option's final-round aux and global accuracy over seeds 0-2 (mean, sample standard
 deviation), against its own frozen-client control at the same seeds; the difference is paired by
 seed (option minus control, then mean and standard deviation of the three differences).
-CIFAR-10: each shortened run's per-round records side by side.
+CIFAR-10: each shortened run's per-round records side by side. Bench: client peak memory and
+MACs per step from `heronsfl bench resources --json`, relative to SFLV2's and CSE-FSL's.
 """
 
 import json
@@ -164,7 +165,29 @@ def cifar() -> str:
     return "\n".join(rows)
 
 
+def bench(name: str) -> str:
+    rows = json.loads((HERE / name).read_text())
+    by = {r["label"]: r for r in rows}
+    sfl, cse = by["sflv2"]["client_peak_mem_bytes"], by["cse-fsl"]["client_peak_mem_bytes"]
+    out = [
+        "| client | peak mem (MB) | vs SFLV2 | vs CSE-FSL | MACs/step (G) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mem = r["client_peak_mem_bytes"]
+        out.append(
+            f"| {r['label']} | {mem / 1e6:.1f} | {mem / sfl:.2f} | {mem / cse:.2f} "
+            f"| {r['client_macs_per_step'] / 1e9:.2f} |"
+        )
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    for name in ("bench_cifar_b256.json", "bench_fslsage_b256.json"):
+        if (HERE / name).exists():
+            print(f"## {name}\n")
+            print(bench(name))
+            print()
     print("## Digits, round 20\n")
     print(digits())
     print("\n## CIFAR-10, shortened\n")
