@@ -145,23 +145,61 @@ def digits() -> str:
     return "\n".join(rows)
 
 
+# (label, run folder under cifar10/ or ../cifar10/, control folder or None)
+CIFAR = [
+    ("frozen client (control), ZO-Adam aux", "heron_frozen_s0", None),
+    ("heron-sfl: dense ZO-Adam client + aux", "heron_dense_s0", "heron_frozen_s0"),
+    ("ZO-Adam + sparse 0.1", "sparse_s0", "sparse_frozen_s0"),
+    ("frozen client (control), sparse 0.1 ZO-Adam aux", "sparse_frozen_s0", None),
+    ("hybrid frozen (control): FO Adam aux", "hybrid_frozen_s0", None),
+    ("hybrid frozen (control): FO Adam aux", "hybrid_frozen_s1", None),
+    ("hybrid: dense ZO-Adam client, FO Adam aux", "hybrid_dense_s0", "hybrid_frozen_s0"),
+    ("hybrid: dense ZO-Adam client, FO Adam aux", "hybrid_dense_s1", "hybrid_frozen_s1"),
+    (
+        "hybrid + sparse-magnitude 0.1 (ZO-Adam client)",
+        "hybrid_sparse-magnitude_s0",
+        "hybrid_frozen_s0",
+    ),
+    ("hybrid: ZO-SGD 1e-4 client, FO Adam 1e-3 aux", "hybrid_zosgd_s0", "hybrid_frozen_s0"),
+    ("cse-fsl (FO client + aux)", "../../cifar10/cse-fsl", None),
+    ("sflv2 (no aux head)", "../../cifar10/sflv2", None),
+]
+
+
+def _records(folder: str) -> list[dict]:
+    path = HERE / "cifar10" / folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()][:3]
+
+
 def cifar() -> str:
+    def cell(recs: list[dict], i: int, key: str) -> str:
+        return f"{recs[i][key]:.4f}" if i < len(recs) and key in recs[i] else ""
+
     rows = [
-        "| run | round | test acc | aux acc | client loss | server loss | peak mem (MB) "
-        "| MACs/step (G) | round s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| client | seed | test r1 | test r2 | test r3 | aux r1 | aux r2 | aux r3 "
+        "| Δ test r3 | Δ aux r3 | local loss r3 | peak mem (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for metrics in sorted((HERE / "cifar10").glob("*/metrics.jsonl")):
-        for line in metrics.read_text().splitlines():
-            r = json.loads(line)
-            aux = r.get("aux/accuracy")
-            rows.append(
-                f"| {metrics.parent.name} | {r['round']} | {r['test/accuracy']:.4f} "
-                f"| {'' if aux is None else f'{aux:.4f}'} "
-                f"| {r.get('train/client_loss', float('nan')):.4f} "
-                f"| {r['train/server_loss']:.4f} | {r['client/peak_mem_bytes'] / 1e6:.1f} "
-                f"| {r['client/macs_per_step'] / 1e9:.2f} | {r['round_s']:.0f} |"
-            )
+    for label, folder, control in CIFAR:
+        recs = _records(folder)
+        if not recs:
+            rows.append(f"| {label} | | (not run) | | | | | | | | | |")
+            continue
+        seed = folder.rsplit("_s", 1)[1] if "_s" in folder else "0"
+        ctrl = _records(control) if control else []
+        d_test = d_aux = ""
+        if len(ctrl) == 3 and len(recs) == 3:
+            d_test = f"{recs[2]['test/accuracy'] - ctrl[2]['test/accuracy']:+.4f}"
+            d_aux = f"{recs[2]['aux/accuracy'] - ctrl[2]['aux/accuracy']:+.4f}"
+        test = " | ".join(cell(recs, i, "test/accuracy") for i in range(3))
+        aux = " | ".join(cell(recs, i, "aux/accuracy") for i in range(3))
+        rows.append(
+            f"| {label} | {seed} | {test} | {aux} | {d_test} | {d_aux} "
+            f"| {cell(recs, len(recs) - 1, 'train/client_loss')} "
+            f"| {recs[0]['client/peak_mem_bytes'] / 1e6:.1f} |"
+        )
     return "\n".join(rows)
 
 
