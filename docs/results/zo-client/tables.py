@@ -149,8 +149,6 @@ def digits() -> str:
 CIFAR = [
     ("frozen client (control), ZO-Adam aux", "heron_frozen_s0", None),
     ("heron-sfl: dense ZO-Adam client + aux", "heron_dense_s0", "heron_frozen_s0"),
-    ("ZO-Adam + sparse 0.1", "sparse_s0", "sparse_frozen_s0"),
-    ("frozen client (control), sparse 0.1 ZO-Adam aux", "sparse_frozen_s0", None),
     ("hybrid frozen (control): FO Adam aux", "hybrid_frozen_s0", None),
     ("hybrid frozen (control): FO Adam aux", "hybrid_frozen_s1", None),
     ("hybrid: dense ZO-Adam client, FO Adam aux", "hybrid_dense_s0", "hybrid_frozen_s0"),
@@ -160,7 +158,6 @@ CIFAR = [
         "hybrid_sparse-magnitude_s0",
         "hybrid_frozen_s0",
     ),
-    ("hybrid: ZO-SGD 1e-4 client, FO Adam 1e-3 aux", "hybrid_zosgd_s0", "hybrid_frozen_s0"),
     ("cse-fsl (FO client + aux)", "../../cifar10/cse-fsl", None),
     ("sflv2 (no aux head)", "../../cifar10/sflv2", None),
 ]
