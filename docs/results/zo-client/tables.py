@@ -154,7 +154,7 @@ CIFAR = [
     ("hybrid: dense ZO-Adam client, FO Adam aux", "hybrid_dense_s0", "hybrid_frozen_s0"),
     ("hybrid: dense ZO-Adam client, FO Adam aux", "hybrid_dense_s1", "hybrid_frozen_s1"),
     (
-        "hybrid + sparse-magnitude 0.1 (ZO-Adam client)",
+        "hybrid + sparse-magnitude 0.1 (ZO-Adam client), stopped after round 1",
         "hybrid_sparse-magnitude_s0",
         "hybrid_frozen_s0",
     ),
