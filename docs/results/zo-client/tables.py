@@ -158,6 +158,7 @@ CIFAR = [
         "hybrid_sparse-magnitude_s0",
         "hybrid_frozen_s0",
     ),
+    ("hybrid: ZO-SGD 1e-4 client, FO Adam 1e-3 aux", "hybrid_zosgd_s0", "hybrid_frozen_s0"),
     ("cse-fsl (FO client + aux)", "../../cifar10/cse-fsl", None),
     ("sflv2 (no aux head)", "../../cifar10/sflv2", None),
 ]
