@@ -117,6 +117,10 @@ ZO_OPTIONS: dict[str, list[str]] = {
         "zo.perturbation=lowrank",
         "zo.aux_update=backprop",
     ],
+    # With the presets' ZO-Adam client, as docs/results/zo-client.md's CIFAR-10 runs use it
+    "adam sparse": ["zo.perturbation=sparse"],
+    "hybrid adam": ["zo.aux_update=backprop"],
+    "hybrid adam sparse-mag": ["zo.aux_update=backprop", "zo.perturbation=sparse-magnitude"],
 }
 
 
