@@ -72,3 +72,6 @@ class ClientResult:
     uploads: list[Upload] = field(default_factory=list)
     # A networked synchronous client's wait for each server answer (send to answer, seconds).
     round_trips_s: list[float] = field(default_factory=list)
+    # A networked client's process peak resident memory over its round, in bytes (0 where the
+    # client shares the process with the server, as in the simulator).
+    peak_rss_bytes: int = 0

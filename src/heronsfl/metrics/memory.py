@@ -270,3 +270,21 @@ def cuda_peak_bytes(
     fn()
     torch.cuda.synchronize(device)  # the peak is only final once queued kernels have run
     return torch.cuda.max_memory_allocated(device) - before + resident_bytes(*resident)
+
+
+def process_peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM), for a networked client or server process.
+
+    Not getrusage's ru_maxrss: Linux carries that across exec from the forking parent, so a
+    freshly started child would report its parent's peak. Unlike the tracker above it counts
+    everything the process holds (interpreter, libraries, allocator caches), which is what a
+    device owner sees. 0 where the kernel does not say (no /proc: not Linux).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

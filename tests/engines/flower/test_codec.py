@@ -64,6 +64,8 @@ def test_request_and_reply_survive_serialisation() -> None:
         comm=comm,
         step_cost=StepCost(100, 2000, 64, 0),
         uploads=[Upload(1, torch.randn(8, 4).half(), torch.arange(8)) for _ in range(2)],
+        round_trips_s=[0.004, 0.0051],
+        peak_rss_bytes=3 << 30,
     )
     # Execute
     req = codec.decode_request(
@@ -75,6 +77,7 @@ def test_request_and_reply_survive_serialisation() -> None:
     assert all(torch.equal(req.state[k], v) for k, v in state.items())
     assert (back.client_id, back.num_samples, back.losses) == (1, 40, [2.3, 2.1])
     assert back.step_cost == reply.step_cost and back.comm.bytes == comm.bytes
+    assert (back.round_trips_s, back.peak_rss_bytes) == ([0.004, 0.0051], 3 << 30)
     assert len(back.uploads) == 2 and back.uploads[1].client_id == 1
     assert torch.equal(back.uploads[0].activations, reply.uploads[0].activations)
     assert back.exchange.keys() == reply.exchange.keys()

@@ -7,6 +7,8 @@ and ends every process it started (LocalFederation closes them even when a test 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ import torch
 
 from heronsfl.engines.flower import deploy
 from heronsfl.engines.flower.deploy import LocalFederation, descendants, write_app
-from heronsfl.engines.flower.protocol import DeployOptions
+from heronsfl.engines.flower.protocol import DeployError, DeployOptions
 from heronsfl.engines.simulation import Simulation
 from heronsfl.metrics.log import read_metrics
 from tests.conftest import TINY, tiny_config
@@ -59,11 +61,50 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
         yield fed
 
 
-def test_deploy_local_ends_with_the_simulators_model(tmp_path: Path) -> None:
-    # Execute: `heronsfl deploy local` on 127.0.0.1, 2 rounds of HERON-SFL, 2 SuperNodes.
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_deploy_local_killed_server_resumes_with_the_same_command(tmp_path: Path) -> None:
+    # Prepare: `heronsfl deploy local` on 127.0.0.1, 2 rounds of HERON-SFL, 2 SuperNodes.
     out = tmp_path / "run"
-    args = ["--out", str(out), "--round-timeout", "120", "--timeout", "300", "-q"]
-    assert deploy.main(["local", *OVERRIDES, *args]) == 0
+    args = ["local", *OVERRIDES, "--out", str(out), "--round-timeout", "120", "--timeout", "300"]
+    before = set(descendants(os.getpid()))
+    failed: list[BaseException] = []
+
+    def first_attempt() -> None:
+        try:
+            deploy.main([*args, "-q"])
+        except BaseException as e:  # noqa: BLE001 - inspected below
+            failed.append(e)
+
+    runner = threading.Thread(target=first_attempt, daemon=True)
+    runner.start()
+    # Execute: once round 1 is logged and a client trains round 2, SIGKILL the server side
+    # (the SuperLink and the ServerApp below it), as when the server's machine dies.
+    assert wait_until(lambda: _rounds_logged(out) >= 1, 250), "round 1 never finished"
+    mine = lambda: set(descendants(os.getpid())) - before  # noqa: E731
+    assert wait_until(lambda: any(b"flwr-clientapp" in _cmdline(p) for p in mine()), 60)
+    [superlink] = [p for p in mine() if b"flower-superlink" in _cmdline(p)]
+    server_side = [superlink, *descendants(superlink)]
+    assert any(b"flwr-serverapp" in _cmdline(p) for p in server_side)
+    for pid in server_side:
+        os.kill(pid, signal.SIGKILL)
+    runner.join(timeout=200)
+    assert not runner.is_alive(), "the deploy hung after its server was killed"
+    # The attempt failed with one clear line that says how to go on, and kept round 1 only.
+    [error] = failed
+    assert isinstance(error, DeployError) and "resumes from the last checkpoint" in str(error)
+    assert _rounds_logged(out) == 1 and not (out / "summary.json").exists()
+    round_1 = (out / "metrics.jsonl").read_text()
+    # The same command again: it picks up after round 1 and runs round 2 only.
+    assert deploy.main([*args, "-q"]) == 0
+    assert (out / "metrics.jsonl").read_text().startswith(round_1)
+    log = (out / "flower" / "flwr-run.log").read_text()
+    assert re.search(r"resuming \S+ after round 1\b", log), log[-2000:]
     # Assert: the final global model is the in-process simulator's for the same seed.
     sim = Simulation(tiny_config(*OVERRIDES[len(TINY) :]))
     expected = sim.run()
@@ -71,6 +112,10 @@ def test_deploy_local_ends_with_the_simulators_model(tmp_path: Path) -> None:
     records = read_metrics(out)
     assert algorithm_records(records) == algorithm_records(expected)
     assert [r["deploy/clients"] for r in records] == [[0, 1], [0, 1]]
+    # Each process measured its own peak: a Python process with torch holds well over 50 MB.
+    assert all(len(r["deploy/client_peak_rss_mb"]) == 2 for r in records)
+    assert all(50 < mb < 4096 for r in records for mb in r["deploy/client_peak_rss_mb"])
+    assert all(50 < r["deploy/server_peak_rss_mb"] < 8192 for r in records)
     # The uploads went on the stream, the models on Flower, each a little above its payload.
     last = records[-1]
     steps = last["comm/up_activations_bytes"] + last["comm/up_labels_bytes"]
@@ -78,8 +123,8 @@ def test_deploy_local_ends_with_the_simulators_model(tmp_path: Path) -> None:
     assert last["comm/up_model_bytes"] < last["flower/uplink_bytes"]
     # (the tiny model's 8 tensors cost Flower ~450 B each; test_server.py bounds it exactly)
     assert last["flower/uplink_bytes"] < 2 * last["comm/up_model_bytes"]
-    # Every daemon and helper is gone.
-    assert descendants(os.getpid()) == []
+    # Every daemon and helper of both attempts is gone.
+    assert set(descendants(os.getpid())) - before == set()
 
 
 @pytest.mark.parametrize(

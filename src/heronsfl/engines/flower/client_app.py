@@ -49,6 +49,7 @@ from heronsfl.engines.stream.link import Certificates
 from heronsfl.errors import ConfigError, DataError
 from heronsfl.messages import ClientResult, Download, Upload
 from heronsfl.metrics.comm import CommCounter
+from heronsfl.metrics.memory import process_peak_rss_bytes
 from heronsfl.state import load_prefixed, travelling_state
 from heronsfl.tasks import build_split_model, get_task, load_datasets
 
@@ -73,6 +74,8 @@ def train(msg: Message, context: Context) -> Message:
     if req.personal is not None:  # a newer copy of this client's own modules: keep it
         codec.keep_state(context.state, req.personal)
     reply = client_round(cfg, node, req, codec.kept_state(context.state))
+    # The ClientApp process lives for this message only, so its peak is this round's.
+    reply = replace(reply, peak_rss_bytes=process_peak_rss_bytes())
     return Message(codec.encode_reply(reply), reply_to=msg)
 
 

@@ -227,6 +227,8 @@ def encode_reply(rep: ClientResult) -> RecordDict:
         meta["step_cost"] = [int(v) for v in dataclasses.astuple(rep.step_cost)]
     if rep.round_trips_s:
         meta["round_trips_s"] = [float(v) for v in rep.round_trips_s]
+    if rep.peak_rss_bytes:
+        meta["peak_rss_bytes"] = int(rep.peak_rss_bytes)
     records: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {
         _RESULT: ConfigRecord(meta),
         _STATE: state_to_record(rep.state),
@@ -255,6 +257,7 @@ def decode_reply(content: RecordDict) -> ClientResult:
         round_trips = _scalar(meta, "round_trips_s", list, what)
         if not all(isinstance(v, float) for v in round_trips):
             raise ProtocolError(f"{what}: round_trips_s must be floats")
+    peak_rss = _scalar(meta, "peak_rss_bytes", int, what) if "peak_rss_bytes" in meta else 0
     records = _get(content, _UPLOADS, ArrayRecord, what)
     uploads = []
     for i in range(_scalar(meta, "uploads", int, what)):
@@ -287,6 +290,7 @@ def decode_reply(content: RecordDict) -> ClientResult:
         step_cost=step_cost,
         uploads=uploads,
         round_trips_s=list(round_trips),
+        peak_rss_bytes=peak_rss,
     )
 
 

@@ -58,6 +58,7 @@ from heronsfl.engines.stream.server import ClientDropped, StreamServer
 from heronsfl.federation import Federation
 from heronsfl.messages import ClientResult, Upload
 from heronsfl.metrics.log import RunWriter
+from heronsfl.metrics.memory import process_peak_rss_bytes
 from heronsfl.runner import run_rounds
 from heronsfl.state import load_prefixed
 
@@ -248,6 +249,10 @@ class FlowerServer:
         record["deploy/clients"] = order
         record["deploy/dropped_clients"] = dropped
         record["deploy/exchange_s"] = exchange_s
+        # Process peaks: a ClientApp's over its round (0 where its kernel does not say),
+        # the ServerApp's since it started.
+        record["deploy/client_peak_rss_mb"] = [arrived[c].peak_rss_bytes / 2**20 for c in order]
+        record["deploy/server_peak_rss_mb"] = process_peak_rss_bytes() / 2**20
         trips = [t for c in order for t in arrived[c].round_trips_s]
         if trips:  # synchronous steps: send to answer, as the clients measured it
             ms = np.quantile(np.array(trips) * 1e3, [0.5, 0.99])

@@ -248,22 +248,13 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_rss() -> int:
-    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that across
-    exec from the forking parent, so a child would report the bench server's own peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (the RSS measurement needs Linux)")
-
-
 def _client_main(argv: list[str]) -> None:
     import torch
 
     from heronsfl.engines.stream.client import StreamClient
     from heronsfl.engines.stream.wire import DTYPES
     from heronsfl.messages import Upload
+    from heronsfl.metrics.memory import process_peak_rss_bytes
 
     p = argparse.ArgumentParser(prog="heronsfl.engines.stream.bench client")
     p.add_argument("address")
@@ -298,7 +289,7 @@ def _client_main(argv: list[str]) -> None:
                 c.send(up, s)
             del held
     result["base_rss_bytes"] = base
-    result["peak_rss_bytes"] = _peak_rss()
+    result["peak_rss_bytes"] = process_peak_rss_bytes()
     print(json.dumps(result))
 
 
