@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+import torch
 
 from heronsfl.registry import load_config
 from heronsfl.runner import run_experiment
@@ -217,11 +218,24 @@ PINNED: dict[str, list[dict[str, float]]] = {
 }
 
 
+# CPU kernels split their reductions by thread, so the last bits depend on the thread count:
+# the numbers were produced with 2 intra-op threads, and every run here uses 2, whatever the
+# machine's core count or OMP_NUM_THREADS.
+THREADS = 2
+
+
 def rounds_of(name: str) -> list[dict[str, Any]]:
     """The pinned keys of every round of case `name`, run in the simulator."""
     cfg = load_config("demo_cnn_digits", [*BASE, *CASES[name]])
     records: list[dict[str, Any]] = []
-    run_experiment(cfg, None, on_round=lambda r: records.append({k: r[k] for k in KEYS if k in r}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        run_experiment(
+            cfg, None, on_round=lambda r: records.append({k: r[k] for k in KEYS if k in r})
+        )
+    finally:
+        torch.set_num_threads(threads)
     return records
 
 
