@@ -81,7 +81,7 @@ def test_a_stalled_client_is_dropped_after_the_timeout_and_the_others_finish() -
             stalled.wait()
             other.wait()
 
-    assert server.dropped == {0: {0: f"no message for {timeout_s:g} s (stalled)"}}
+    assert server.dropped == {0: {0: f"nothing received for {timeout_s:g} s (stalled)"}}
     assert got == [(0, 0), (1, 0), (0, 1), (1, 1), (1, 2), (1, 3)]
     assert timeout_s <= elapsed < timeout_s + 5
 

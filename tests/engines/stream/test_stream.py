@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -202,7 +202,7 @@ def test_a_stream_without_the_run_secret_is_refused_before_any_payload_is_read(
             metadata = [(CLIENT_KEY, "0"), (ROUND_KEY, "0")]
             if secret:
                 metadata.append((SECRET_KEY, secret))
-            call = channel.stream_stream(METHOD)(iter([frame, frame]), metadata=metadata)
+            call = channel.stream_stream(METHOD)(wire.pieces(frame), metadata=metadata)
 
             # Execute
             with pytest.raises(grpc.RpcError) as info:
@@ -228,20 +228,21 @@ def test_stream_client_reports_a_wrong_secret_clearly() -> None:
 @pytest.mark.parametrize(
     ("frame", "reason"),
     [
-        (b"not a frame at all", "malformed frame: frame header of"),
-        (wire.encode(_upload(5, 0), 0), "malformed frame: a frame for client 5 on client 0's"),
-        (wire.encode(wire.End(0, 3), 0), "malformed frame: end frame says 3 sent, 0 came"),
+        ([b"\x02not a piece"], "malformed frame: a stream piece starts with b'\\x02'"),
+        ([*wire.pieces(b"not a frame at all")], "malformed frame: frame header of"),
+        ([*wire.pieces(wire.encode(_upload(5, 0), 0))], "malformed frame: a frame for client 5"),
+        ([*wire.pieces(wire.encode(wire.End(0, 3), 0))], "malformed frame: end frame says 3 sent"),
     ],
 )
 def test_an_admitted_client_sending_a_bad_frame_is_dropped_and_named(
-    frame: bytes, reason: str
+    frame: list[bytes], reason: str
 ) -> None:
     from heronsfl.engines.stream.link import CLIENT_KEY, METHOD, ROUND_KEY, SECRET_KEY
 
     with StreamServer(SECRET, timeout_s=5) as server:
         with grpc.insecure_channel(server.address) as channel:
             metadata = [(SECRET_KEY, SECRET), (CLIENT_KEY, "0"), (ROUND_KEY, "0")]
-            call = channel.stream_stream(METHOD)(iter([frame]), metadata=metadata)
+            call = channel.stream_stream(METHOD)(iter(frame), metadata=metadata)
             got = list(server.uploads(0, [0]))
             with pytest.raises(grpc.RpcError) as info:
                 list(call)
@@ -259,8 +260,36 @@ def test_a_client_dropped_for_silence_is_told_why() -> None:
 
         got = [(c, s) for c, s, _ in server.uploads(0, [0])]  # then silence: dropped
 
-        with pytest.raises(StreamError, match=r"ABORTED: dropped by the server: no message"):
+        with pytest.raises(StreamError, match=r"ABORTED: dropped by the server: nothing received"):
             client.close()
 
     assert got == [(0, 0)]
-    assert server.dropped == {0: {0: "no message for 0.5 s (stalled)"}}
+    assert server.dropped == {0: {0: "nothing received for 0.5 s (stalled)"}}
+
+
+def test_a_frame_still_arriving_piece_by_piece_is_not_a_stall() -> None:
+    # Prepare: one upload of 4 pieces sent 0.3 s apart (a slow link): 0.9 s for the frame,
+    # against a 0.5 s timeout that no gap between pieces reaches.
+    from heronsfl.engines.stream.link import CLIENT_KEY, METHOD, ROUND_KEY, SECRET_KEY
+
+    up = _upload(0, 0, numel=3 * wire.PIECE_BYTES // 2 + 1000)  # float16: just over 3 MiB
+    pieces = list(wire.pieces(wire.encode(up, 0)))
+    assert len(pieces) == 4
+
+    def slowly() -> Iterator[bytes]:
+        for piece in pieces:
+            yield piece
+            time.sleep(0.3)
+        yield from wire.pieces(wire.encode(wire.End(0, 1), 0))
+
+    with StreamServer(SECRET, timeout_s=0.5) as server:
+        with grpc.insecure_channel(server.address) as channel:
+            metadata = [(SECRET_KEY, SECRET), (CLIENT_KEY, "0"), (ROUND_KEY, "0")]
+            call = channel.stream_stream(METHOD)(slowly(), metadata=metadata)
+            # Execute
+            got = list(server.uploads(0, [0]))
+            assert list(call) == []
+    # Assert: delivered whole, nobody dropped.
+    assert [(c, s) for c, s, _ in got] == [(0, 0)]
+    assert torch.equal(got[0][2].activations, up.activations)
+    assert server.dropped == {}

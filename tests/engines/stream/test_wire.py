@@ -137,3 +137,30 @@ def test_only_stream_messages_and_plain_dtypes_are_encoded() -> None:
         wire.encode(torch.zeros(2), 0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="complex64"):
         wire.encode(Download(0, torch.zeros(2, dtype=torch.complex64)), 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 100])
+def test_pieces_carry_a_frame_whole_and_mark_its_end(size: int) -> None:
+    frame = bytes(range(size))
+    got = list(wire.pieces(frame, size=8))
+    assert len(got) == max(1, -(-size // 8))
+    assert [p[:1] for p in got] == [b"\x00"] * (len(got) - 1) + [b"\x01"]
+    assert list(wire.frames(got + got)) == [frame, frame]
+
+
+def test_pieces_that_stop_inside_a_frame_yield_nothing_of_it() -> None:
+    # (the stream broke: the caller sees the pieces end without the client's end frame)
+    got = list(wire.pieces(b"abcdefghijklmnop", size=4))
+    assert list(wire.frames(got[:-1])) == []
+    arrivals = []
+    assert list(wire.frames(got, on_piece=lambda: arrivals.append(1))) == [b"abcdefghijklmnop"]
+    assert len(arrivals) == 4
+
+
+def test_bad_pieces_are_refused() -> None:
+    with pytest.raises(wire.FrameError, match="not a continuation flag"):
+        list(wire.frames([b"\x07abc"]))
+    with pytest.raises(wire.FrameError, match="not a continuation flag"):
+        list(wire.frames([b""]))
+    with pytest.raises(wire.FrameError, match="a frame above 10 bytes"):
+        list(wire.frames(wire.pieces(bytes(11), size=4), max_bytes=10))

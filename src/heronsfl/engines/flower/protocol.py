@@ -47,8 +47,8 @@ class DeployOptions:
     )
     stream_timeout_s: float = _f(
         60.0,
-        "per-step stream: how long the server waits for a client's next message (and a "
-        "client for the server) before dropping it",
+        "per-step stream: how long the server waits with nothing arriving from a client "
+        "(not even a piece of a frame) before dropping it",
     )
     stream_listen: str = _f(
         "127.0.0.1:0", "per-step stream: host:port the main server listens on (port 0: a free one)"

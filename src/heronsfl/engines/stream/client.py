@@ -168,11 +168,11 @@ class StreamClient:
                 continue
             if frame is _CLOSE:
                 return
-            yield frame
+            yield from wire.pieces(frame)
 
     def _read_replies(self) -> None:
         try:
-            for frame in self._call:
+            for frame in wire.frames(self._call):
                 self._replies.put(wire.decode(frame))
             # A clean end: nothing more will come (an `exchange` still waiting learns it now).
             self._replies.put(StreamError(f"client {self.client_id}: the stream has ended"))

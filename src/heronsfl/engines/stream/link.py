@@ -8,7 +8,9 @@ from pathlib import Path
 
 import grpc
 
-# The one RPC: a bidirectional stream of frames (bytes both ways, see wire.py).
+from heronsfl.engines.stream import wire
+
+# The one RPC: a bidirectional stream of frames, in pieces (bytes both ways, see wire.py).
 METHOD = "/heronsfl.stream.Steps/Exchange"
 SERVICE, METHOD_NAME = METHOD.strip("/").split("/")
 
@@ -17,16 +19,11 @@ SECRET_KEY = "heronsfl-secret"
 CLIENT_KEY = "heronsfl-client-id"
 ROUND_KEY = "heronsfl-round"
 
-# The largest frame either end accepts: a ResNet-18 paper-preset step is 33.6 MB.
-MAX_FRAME_BYTES = 1 << 30
 
-
-def channel_options(max_frame_bytes: int = MAX_FRAME_BYTES) -> list[tuple[str, int]]:
-    """gRPC options for both ends: gRPC's default 4 MiB message cap is below one ResNet step."""
-    return [
-        ("grpc.max_send_message_length", max_frame_bytes),
-        ("grpc.max_receive_message_length", max_frame_bytes),
-    ]
+def channel_options() -> list[tuple[str, int]]:
+    """gRPC options for both ends: a message is one piece of a frame (wire.PIECE_BYTES + 1)."""
+    limit = wire.PIECE_BYTES + 1
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
 def new_secret() -> str:

@@ -79,6 +79,7 @@ class _Link:
     reason: str = ""
     finished: bool = False  # the round loop has seen the client's clean close
     count: int = 0  # frames received
+    last_piece: float = 0.0  # monotonic time the latest piece of a frame arrived
     held_bytes: int = 0
     peak_held: int = 0
 
@@ -178,8 +179,9 @@ class StreamServer:
             except queue.Empty:
                 if link.dropped.is_set():
                     raise ClientDropped(client_id, link.reason) from None
-                if time.monotonic() >= deadline:
-                    self._drop(link, f"no message for {self.timeout_s:g} s (stalled)")
+                # A frame still arriving piece by piece is progress, not silence.
+                if time.monotonic() >= max(deadline, link.last_piece + self.timeout_s):
+                    self._drop(link, f"nothing received for {self.timeout_s:g} s (stalled)")
                 continue
             if item == _END:
                 link.finished = True
@@ -309,12 +311,17 @@ class StreamServer:
                 continue
             if out is None:
                 break
-            yield out
+            yield from wire.pieces(out)
         if link.dropped.is_set():
             context.abort(grpc.StatusCode.ABORTED, f"dropped by the server: {link.reason}")
 
     def _read(self, link: _Link, requests: Iterator[bytes]) -> None:
         """Pull frames while the link has a free slot; decode; hand them to the round loop."""
+
+        def arrived() -> None:
+            link.last_piece = time.monotonic()
+
+        received = wire.frames(requests, on_piece=arrived)
         try:
             while True:
                 while not link.slots.acquire(timeout=_POLL_S):
@@ -322,7 +329,7 @@ class StreamServer:
                         return
                 if link.dropped.is_set():
                     return
-                frame = next(requests, None)
+                frame = next(received, None)
                 if frame is None:
                     # gRPC ends the iterator like this when the connection died, too.
                     self._drop(link, "stream broken (closed without its end frame)")

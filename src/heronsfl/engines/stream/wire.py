@@ -4,6 +4,11 @@ A frame is one message of the stream:
 
     uint32 little-endian n | n bytes of UTF-8 JSON header | tensor bytes, back to back
 
+A frame crosses gRPC as one or more pieces (`pieces` / `frames`): each piece is a flag byte (more
+to come, or the frame's last) and at most `PIECE_BYTES` of the frame. On a slow link a 33.6 MB
+upload takes about a minute at 5 Mbit/s; its pieces arriving are what tell the server that a
+client is sending rather than stalled.
+
 The header names the kind (`upload`, `download`, `scalars`, `end`), the client, the local step and,
 per tensor, its name, dtype, shape and byte count; the tensors follow as raw little-endian C-order
 bytes (bfloat16 too: NumPy lacks it, torch reads it back bit for bit). Decoding checks every
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +38,9 @@ from heronsfl.messages import Download, Upload
 VERSION = 1
 _LEN = struct.Struct("<I")
 _MAX_HEADER_BYTES = 64 * 1024  # a header lists a few tensors; anything bigger is not ours
+PIECE_BYTES = 1 << 20
+MAX_FRAME_BYTES = 1 << 30  # the largest frame either end accepts (a ResNet-18 step: 33.6 MB)
+_MORE, _LAST = b"\x00", b"\x01"
 
 # Dtypes a frame may carry, by the name in the header: what heronsfl sends, nothing else.
 DTYPES: dict[str, torch.dtype] = {
@@ -180,3 +189,37 @@ def _tensor(
     nd = np.frombuffer(frame, dtype=np_dtype, count=count, offset=offset).copy()
     t = torch.from_numpy(nd).reshape(shape)
     return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
+def pieces(frame: bytes, size: int = PIECE_BYTES) -> Iterator[bytes]:
+    """The gRPC messages that carry `frame`: a flag byte (more, or last) + up to `size` bytes."""
+    view = memoryview(frame)
+    for start in range(0, max(len(frame), 1), size):
+        yield (_LAST if start + size >= len(frame) else _MORE) + view[start : start + size]
+
+
+def frames(
+    received: Iterable[bytes],
+    on_piece: Callable[[], None] | None = None,
+    max_bytes: int = MAX_FRAME_BYTES,
+) -> Iterator[bytes]:
+    """Whole frames from received pieces; `on_piece` is called as each piece arrives.
+
+    Stops quietly when the pieces end inside a frame (the stream broke; the caller sees no end
+    frame); raises FrameError for a piece without its flag or a frame above `max_bytes`.
+    """
+    parts: list[bytes] = []
+    size = 0
+    for piece in received:
+        if on_piece is not None:
+            on_piece()
+        flag = piece[:1]
+        if flag not in (_MORE, _LAST):
+            raise FrameError(f"a stream piece starts with {flag!r}, not a continuation flag")
+        size += len(piece) - 1
+        if size > max_bytes:
+            raise FrameError(f"a frame above {max_bytes} bytes")
+        parts.append(piece[1:])
+        if flag == _LAST:
+            yield b"".join(parts)
+            parts, size = [], 0
