@@ -158,9 +158,15 @@ CIFAR = [
         "hybrid_sparse-magnitude_s0",
         "hybrid_frozen_s0",
     ),
+    ("hybrid frozen (control): FO Adam aux", "hybrid_frozen_s2", None),
     ("hybrid: ZO-SGD 1e-4 client, FO Adam 1e-3 aux", "hybrid_zosgd_s0", "hybrid_frozen_s0"),
-    ("cse-fsl (FO client + aux)", "../../cifar10/cse-fsl", None),
-    ("sflv2 (no aux head)", "../../cifar10/sflv2", None),
+    ("hybrid: ZO-SGD 1e-4 client, FO Adam 1e-3 aux", "hybrid_zosgd_s1", "hybrid_frozen_s1"),
+    ("hybrid: ZO-SGD 1e-4 client, FO Adam 1e-3 aux", "hybrid_zosgd_s2", "hybrid_frozen_s2"),
+    ("hybrid ZO-SGD + sparse 0.1", "hybrid_zosgd_sparse_s0", "hybrid_frozen_s0"),
+    ("hybrid ZO-SGD + lowrank r = 1", "hybrid_zosgd_lowrank_s0", "hybrid_frozen_s0"),
+    ("heron-sfl + sparse 0.1 (ZO-Adam client + aux)", "sparse_zoadam_s0", "heron_frozen_s0"),
+    ("cse-fsl (FO client + aux)", "../../cifar10/default-init/cse-fsl", None),
+    ("sflv2 (no aux head)", "../../cifar10/default-init/sflv2", None),
 ]
 
 

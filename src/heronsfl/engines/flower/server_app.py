@@ -56,7 +56,7 @@ from heronsfl.engines.stream import wire
 from heronsfl.engines.stream.link import Certificates, new_secret
 from heronsfl.engines.stream.server import ClientDropped, StreamServer
 from heronsfl.federation import Federation
-from heronsfl.messages import ClientResult, Upload
+from heronsfl.messages import ClientResult, Download, Upload
 from heronsfl.metrics.log import RunWriter
 from heronsfl.metrics.memory import process_peak_rss_bytes
 from heronsfl.runner import run_rounds
@@ -103,6 +103,7 @@ class FlowerServer:
         self.stream: StreamServer | None = None  # open while run() runs
         self.settings: StreamSettings | None = None  # what each round request says of it
         self._waited_for_all = False
+        self.server_steps_s: list[float] = []  # this round's synchronous server steps
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -195,6 +196,7 @@ class FlowerServer:
         # train, and their replies (models only) arrive at the end of their rounds.
         exchange = _Exchange(self.grid, requests, opts.round_timeout_s, stream, core.round)
         exchange.start()
+        self.server_steps_s = []
         try:
             servers = self._serve_stream([c for c in participants if c in requests], wire_state)
         except BaseException:  # e.g. a diverged server step: stop waiting for anyone, then raise
@@ -260,6 +262,8 @@ class FlowerServer:
             ms = np.quantile(np.array(trips) * 1e3, [0.5, 0.99])
             record["deploy/step_round_trip_median_ms"] = float(ms[0])
             record["deploy/step_round_trip_p99_ms"] = float(ms[1])
+        if self.server_steps_s:
+            record["deploy/server_step_median_ms"] = float(np.median(self.server_steps_s) * 1e3)
         return record
 
     def _serve_stream(
@@ -289,8 +293,15 @@ class FlowerServer:
             server = servers[cid] = core.server_for(cid)
             while (got := self._receive(cid, Upload, end_ok=True)) is not None:
                 up, step = got
-                self._reply(cid, core.algo.server_step(server, up), step)
+                self._reply(cid, self._server_step(server, up), step)
         return servers
+
+    def _server_step(self, server: ServerState, up: Upload) -> Download:
+        """A synchronous step's answer, timed: the server's share of the clients' round trip."""
+        t = time.perf_counter()
+        answer = self.core.algo.server_step(server, up)
+        self.server_steps_s.append(time.perf_counter() - t)
+        return answer
 
     def _serve_shared(
         self, clients: list[int], wire_state: dict[str, Tensor]
@@ -311,7 +322,7 @@ class FlowerServer:
                 if (got := self._receive(cid, Upload)) is None:
                     active.remove(cid)
                     continue
-                self._reply(cid, algo.server_step(servers[cid], got[0]), step)
+                self._reply(cid, self._server_step(servers[cid], got[0]), step)
             scalars: dict[int, Tensor] = {}
             for cid in list(active):
                 if (got := self._receive(cid, wire.Scalars)) is None:
