@@ -71,7 +71,11 @@ def two_runs(tmp_path: Path) -> list[Path]:
     heron = _write_run(
         tmp_path / "heron",
         "heron-sfl",
-        [_record(1, 0.5, 0.3), _record(2, 0.8, 0.4), _record(3, 0.7, 0.45)],
+        [
+            _record(1, 0.5, 0.3, round_s=3.0),
+            _record(2, 0.8, 0.4, round_s=4.0),
+            _record(3, 0.7, 0.45, round_s=40.0),
+        ],
         rounds=3,
     )
     sflv2 = _write_run(
@@ -103,10 +107,12 @@ def test_report_writes_plots_and_a_table_with_the_runs_numbers(
         "client MACs/step G": "39.9",
         "wall s": "12.3",  # from summary.json
         "wall s/round": "4.1",
+        "median round s": "4.0",  # round_s 3, 4 and 40: the stalled round does not count
     }
     inc = table["sflv2 (incomplete)"]
     assert inc["rounds"] == "2/5" and inc["final aux acc"] == "-"
     assert inc["total comm GB"] == "3" and inc["wall s"] == "8.0"  # from the last record
+    assert inc["median round s"] == "-"  # its records carry no round_s
 
 
 def test_perplexity_plot_and_column_appear_when_a_run_logs_perplexity(tmp_path: Path) -> None:

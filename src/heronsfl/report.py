@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import statistics
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,7 +138,12 @@ COLUMNS = [
     "client MACs/step G",
     "wall s",
     "wall s/round",
+    "median round s",
 ]
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -179,6 +185,8 @@ def summary_row(run: Run, label: str, targets: Sequence[float] = ()) -> dict[str
         "client MACs/step G": _fmt(None if macs is None else macs / 1e9, ".4g"),
         "wall s": _fmt(wall, ".1f"),
         "wall s/round": _fmt(None if wall is None else wall / done, ".1f"),
+        # A round stalled by a stop, a resume or a busy machine inflates the mean, not this.
+        "median round s": _fmt(_median(run.series("round_s")[1]), ".1f"),
     }
     for t in targets:
         row[target_column(t)] = _fmt(gb_to_target(run, t), ".4g")
@@ -323,7 +331,9 @@ def _draw(
         "round; `aux` is the client sub-model with its auxiliary head. Comm counts uplink +",
         "downlink payloads at the wire precision (GB = 1e9 bytes, MB = 1e6 bytes). Runs marked",
         "(incomplete) have no summary.json: they were stopped or failed. `wall s/round` is",
-        "the run's wall time over its rounds done (a resumed run's time adds up across processes).",
+        "the run's wall time over its rounds done (a resumed run's time adds up across processes);",
+        "`median round s` is the median of its rounds' own times, which one stalled round",
+        "(a stop, a resume, a busy machine) does not move.",
         *(
             [
                 "`GB to X` is the cumulative comm when test accuracy first reached X",
