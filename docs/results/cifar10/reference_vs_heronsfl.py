@@ -1,0 +1,126 @@
+"""Per-round test accuracy of the public FSL-SAGE code next to heronsfl's runs of the same setup.
+
+    python reference_vs_heronsfl.py OUT_PREFIX --pair LABEL HERONSFL_RUN_DIR REFERENCE_LOG ...
+
+Each pair is one algorithm run on both sides: heronsfl's run directory (metrics.jsonl) and the
+reference code's own `output.log` (its per-round line `> Round N, ... ts. loss: L, ts. acc: A%,
+comm: C GiB.`, written after every round, so a run in progress can be read too). Writes
+OUT_PREFIX.md (per-round table, with the wall time between the reference's round lines) and
+OUT_PREFIX.png (accuracy vs rounds, reference dashed). The reference's rounds are 0-based in its
+log; they are shown 1-based, like heronsfl's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import re
+from pathlib import Path
+
+from heronsfl.report import load_run
+
+ROUND = re.compile(
+    r"^\[(?P<ts>[\d/ :]+), INFO.*> Round (?P<round>\d+),.*ts\. loss: (?P<loss>[\d.]+), "
+    r"ts\. acc: (?P<acc>[\d.]+)%, comm: (?P<comm>[\d.]+) GiB"
+)
+START = re.compile(r"^\[(?P<ts>[\d/ :]+), INFO.*# parameters")
+
+
+def read_reference_log(path: Path) -> list[dict]:
+    """One dict per finished round: round (1-based), test accuracy and loss, GiB, wall seconds."""
+    rows, last = [], None
+    for line in path.read_text().splitlines():
+        if m := START.match(line):
+            last = dt.datetime.strptime(m["ts"], "%d/%m/%y %H:%M:%S")
+        elif m := ROUND.match(line):
+            ts = dt.datetime.strptime(m["ts"], "%d/%m/%y %H:%M:%S")
+            rows.append(
+                {
+                    "round": int(m["round"]) + 1,
+                    "acc": float(m["acc"]) / 100,
+                    "loss": float(m["loss"]),
+                    "gib": float(m["comm"]),
+                    "wall_s": (ts - last).total_seconds() if last else None,
+                }
+            )
+            last = ts
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument(
+        "--pair",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("LABEL", "HERONSFL_RUN_DIR", "REFERENCE_LOG"),
+    )
+    args = parser.parse_args()
+    out, pairs = args.out, args.pair
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.subplots()
+    lines = []
+    for i, (label, run_dir, ref_log) in enumerate(pairs):
+        ours = {r["round"]: r for r in load_run(run_dir).records if "test/accuracy" in r}
+        ref = {r["round"]: r for r in read_reference_log(Path(ref_log))}
+        color = f"C{i}"
+        ax.plot(
+            list(ours),
+            [r["test/accuracy"] for r in ours.values()],
+            color=color,
+            marker=".",
+            label=f"{label}, heronsfl",
+        )
+        ax.plot(
+            list(ref),
+            [r["acc"] for r in ref.values()],
+            color=color,
+            linestyle="--",
+            marker=".",
+            label=f"{label}, reference code",
+        )
+        lines += [
+            f"### {label}",
+            "",
+            "| round | heronsfl test acc | reference test acc | difference | "
+            "heronsfl test loss | reference test loss | reference wall s |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        diffs = []
+        for n in sorted(set(ours) | set(ref)):
+            a, b = ours.get(n), ref.get(n)
+            d = a["test/accuracy"] - b["acc"] if a and b else None
+            if d is not None:
+                diffs.append(d)
+            cells = [
+                f"{a['test/accuracy']:.4f}" if a else "-",
+                f"{b['acc']:.4f}" if b else "-",
+                f"{d:+.4f}" if d is not None else "-",
+                f"{a['test/loss']:.3f}" if a else "-",
+                f"{b['loss']:.3f}" if b else "-",
+                f"{b['wall_s']:.0f}" if b and b["wall_s"] is not None else "-",
+            ]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        if diffs:
+            mean = sum(diffs) / len(diffs)
+            lines += [
+                "",
+                f"Rounds on both sides: {len(diffs)}; mean difference "
+                f"{mean:+.4f}, largest {max(diffs, key=abs):+.4f}.",
+            ]
+        lines.append("")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
