@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import logging
+import re
+
+import pytest
 import torch
 
 from heronsfl.algorithms.base import task_loss
@@ -32,11 +36,19 @@ def test_alignment_makes_the_aux_gradient_match_the_servers() -> None:
     assert after < 0.5 * before, (float(before), float(after))
 
 
-def test_aux_heads_stay_per_client_and_alignment_downloads_are_counted() -> None:
+def test_aux_heads_stay_per_client_and_alignment_downloads_are_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     from heronsfl.engines.simulation import Simulation
 
     sim = Simulation(tiny_config("algorithm=fsl-sage", "rounds=2", "fsl_sage.align_every=2"))
-    records = sim.run()
+    with caplog.at_level(logging.INFO, logger="heronsfl"):
+        records = sim.run()
+    # The alignment (minutes at the reference setup) announces itself and reports each fit.
+    lines = [r.getMessage() for r in caplog.records if "align" in r.getMessage()]
+    assert lines[0] == "round 2: aligning 3 clients' aux heads to the server's cut gradients"
+    fits = [re.search(r"client (\d)'s .* mismatch (\S+) -> (\S+), ", m) for m in lines[1:]]
+    assert [m.group(1) for m in fits if m] == ["0", "1", "2"]
     assert "aux" not in sim.averaged()  # the Fed-Server averages the client sub-model only
     aux_bytes = sum(
         t.numel() * 4 for t in sim.model.aux.state_dict().values() if t.is_floating_point()
