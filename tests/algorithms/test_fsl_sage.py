@@ -47,8 +47,11 @@ def test_aux_heads_stay_per_client_and_alignment_downloads_are_counted(
     # The alignment (minutes at the reference setup) announces itself and reports each fit.
     lines = [r.getMessage() for r in caplog.records if "align" in r.getMessage()]
     assert lines[0] == "round 2: aligning 3 clients' aux heads to the server's cut gradients"
-    fits = [re.search(r"client (\d)'s .* mismatch (\S+) -> (\S+), ", m) for m in lines[1:]]
-    assert [m.group(1) for m in fits if m] == ["0", "1", "2"]
+    fits = [
+        re.fullmatch(r"round 2: aligned client (\d)'s .* mismatch \S+ -> \S+, .* s", m)
+        for m in lines[1:]
+    ]
+    assert [m.group(1) if m else m for m in fits] == ["0", "1", "2"], lines
     assert "aux" not in sim.averaged()  # the Fed-Server averages the client sub-model only
     aux_bytes = sum(
         t.numel() * 4 for t in sim.model.aux.state_dict().values() if t.is_floating_point()

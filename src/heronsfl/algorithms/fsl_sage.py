@@ -173,7 +173,7 @@ class FSLSAGE(SplitAlgorithm):
         target = torch.cat(targets)
         aux.train()
         opt = torch.optim.Adam(aux.parameters(), lr=cfg.align_lr)
-        mismatches = []
+        first = None
         for _ in range(cfg.align_epochs):
             for i in range(0, len(acts), bs):
                 a = acts[i : i + bs].clone().requires_grad_(True)
@@ -183,5 +183,6 @@ class FSLSAGE(SplitAlgorithm):
                 opt.zero_grad(set_to_none=True)
                 mismatch.backward()
                 opt.step()
-                mismatches.append(mismatch.item())
-        return mismatches[0], mismatches[-1]
+                if first is None:
+                    first = mismatch.item()
+        return first, mismatch.item()  # one host sync each, not one per step
