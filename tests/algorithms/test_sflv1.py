@@ -13,7 +13,7 @@ def test_sflv1_trains_the_model_fedavg_trains() -> None:
     # With one server copy per client and the same optimizer on both sides, SFLV1 is FedAvg with
     # the cut only in the bookkeeping (Adam and weight decay act per coordinate): the same seed
     # gives the same global model every round; only the bytes differ. On the CIFAR-10 preset the
-    # two runs logged the same accuracy after round 1 (0.1932).
+    # two 15-round runs logged the same test accuracy and loss in every round.
     same = ("server_optim.lr=1e-3",)
     sflv1 = _rounds("algorithm=sflv1", *same)
     assert sflv1 == _rounds("algorithm=fedavg", *same)

@@ -17,17 +17,17 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from heronsfl.report import load_run
+from heronsfl.report import _plot, load_run
 
 ROUND = re.compile(
     r"^\[(?P<ts>[\d/ :]+), INFO.*> Round (?P<round>\d+),.*ts\. loss: (?P<loss>[\d.]+), "
-    r"ts\. acc: (?P<acc>[\d.]+)%, comm: (?P<comm>[\d.]+) GiB"
+    r"ts\. acc: (?P<acc>[\d.]+)%"
 )
 START = re.compile(r"^\[(?P<ts>[\d/ :]+), INFO.*# parameters")
 
 
 def read_reference_log(path: Path) -> list[dict]:
-    """One dict per finished round: round (1-based), test accuracy and loss, GiB, wall seconds."""
+    """One dict per finished round: round (1-based), test accuracy and loss, wall seconds."""
     rows, last = [], None
     for line in path.read_text().splitlines():
         if m := START.match(line):
@@ -39,7 +39,6 @@ def read_reference_log(path: Path) -> list[dict]:
                     "round": int(m["round"]) + 1,
                     "acc": float(m["acc"]) / 100,
                     "loss": float(m["loss"]),
-                    "gib": float(m["comm"]),
                     "wall_s": (ts - last).total_seconds() if last else None,
                 }
             )
@@ -59,29 +58,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     out, pairs = args.out, args.pair
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
-    ax = fig.subplots()
-    lines = []
+    curves, lines = [], []
     for i, (label, run_dir, ref_log) in enumerate(pairs):
         ours = {r["round"]: r for r in load_run(run_dir).records if "test/accuracy" in r}
         ref = {r["round"]: r for r in read_reference_log(Path(ref_log))}
-        color = f"C{i}"
-        ax.plot(
-            list(ours),
-            [r["test/accuracy"] for r in ours.values()],
-            color=color,
-            marker=".",
-            label=f"{label}, heronsfl",
-        )
-        ax.plot(
-            list(ref),
-            [r["acc"] for r in ref.values()],
-            color=color,
-            linestyle="--",
-            marker=".",
-            label=f"{label}, reference code",
+        accs = [r["test/accuracy"] for r in ours.values()]
+        curves.append((f"{label}, heronsfl", list(ours), accs, f"C{i}", "-"))
+        curves.append(
+            (f"{label}, reference code", list(ref), [r["acc"] for r in ref.values()], f"C{i}", "--")
         )
         lines += [
             f"### {label}",
@@ -113,11 +97,7 @@ def main() -> None:
                 f"{mean:+.4f}, largest {max(diffs, key=abs):+.4f}.",
             ]
         lines.append("")
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    _plot(curves, "round", "test accuracy", out.with_suffix(".png"), integer_x=True)
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
