@@ -223,7 +223,7 @@ def format_table(rows: Sequence[dict[str, str]], targets: Sequence[float] = ()) 
 # ----------------------------------------------------------------------------- plots
 
 
-def _plot(
+def plot_curves(
     lines: list[tuple[str, list[float], list[float], str, str]],
     xlabel: str,
     ylabel: str,
@@ -305,17 +305,19 @@ def _draw(
             if y:
                 by_round.append((name + suffix, list(map(float, x)), y, color, style))
     written = [out / "accuracy_vs_rounds.png", out / "accuracy_vs_comm.png"]
-    _plot(by_round, "round", "test accuracy (dashed: aux head)", written[0], integer_x=True)
+    plot_curves(by_round, "round", "test accuracy (dashed: aux head)", written[0], integer_x=True)
 
     def vs_comm(key: str) -> list[tuple[str, list[float], list[float], str, str]]:
         series = [(n, *r.comm_gb(key), c, "-") for r, n, c in zip(runs, shown, colors, strict=True)]
         return [s for s in series if s[2]]
 
-    _plot(vs_comm("test/accuracy"), "uplink + downlink (GB)", "test accuracy", written[1])
+    plot_curves(vs_comm("test/accuracy"), "uplink + downlink (GB)", "test accuracy", written[1])
     perplexity = vs_comm("test/perplexity")
     if perplexity:
         written.append(out / "perplexity_vs_comm.png")
-        _plot(perplexity, "uplink + downlink (GB)", "test perplexity", written[-1], log_y=True)
+        plot_curves(
+            perplexity, "uplink + downlink (GB)", "test perplexity", written[-1], log_y=True
+        )
 
     rows = [summary_row(r, lab, targets) for r, lab in zip(runs, labels, strict=True)]
     notes = [

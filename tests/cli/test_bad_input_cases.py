@@ -236,7 +236,7 @@ def test_a_report_that_fails_while_drawing_writes_no_figures(
 
     run = tmp_path / "run"
     assert cli("run", *RUN, "--out", str(run), "-q")[0] == 0
-    real, calls = report._plot, []
+    real, calls = report.plot_curves, []
 
     def second_fails(*args: object, **kwargs: object) -> None:
         calls.append(1)
@@ -244,7 +244,7 @@ def test_a_report_that_fails_while_drawing_writes_no_figures(
             raise report.UserError("drawing failed")
         real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(report, "_plot", second_fails)
+    monkeypatch.setattr(report, "plot_curves", second_fails)
     # Execute
     code, err = cli("report", str(run), "--out", str(tmp_path / "rep"))
     # Assert

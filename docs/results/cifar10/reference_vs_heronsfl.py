@@ -18,7 +18,7 @@ import datetime as dt
 import re
 from pathlib import Path
 
-from heronsfl.report import _plot, load_run
+from heronsfl.report import load_run, plot_curves
 
 ROUND = re.compile(
     r"^\[(?P<ts>[\d/ :]+), INFO.*> Round (?P<round>\d+),.*ts\. loss: (?P<loss>[\d.]+), "
@@ -124,7 +124,7 @@ def main() -> None:
         if diffs:
             lines += ["", _summary(diffs, ours, ref)]
         lines.append("")
-    _plot(curves, "round", "test accuracy", out.with_suffix(".png"), integer_x=True)
+    plot_curves(curves, "round", "test accuracy", out.with_suffix(".png"), integer_x=True)
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
